@@ -1,0 +1,139 @@
+"""Decode an audio file into the mono 32 kHz float32 waveform the models expect.
+
+The upstream EfficientAT inference script loads audio with ``librosa.load(path, sr=32000,
+mono=True)``; librosa 0.11 decodes with soundfile, averages the channels and resamples with soxr
+"HQ", then fixes the length to ``ceil(n * sr_out / sr_in)``. This module does exactly those steps
+without depending on librosa, so the waveforms (and therefore the golden logits) match bit for bit.
+
+Every failure a user can cause (missing, empty, corrupt or non-finite file) becomes one
+:class:`~eat_keras.errors.AudioError` whose message names the file, so the CLI can print one line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from eat_keras.errors import AudioError
+
+__all__ = ["SAMPLE_RATE", "load_audio", "resample", "check_min_length"]
+
+#: The sample rate every EfficientAT model was trained on.
+SAMPLE_RATE = 32000
+
+
+def _one_line(text: str) -> str:
+    """Collapse whitespace so that an error message stays on one line."""
+    return " ".join(str(text).split())
+
+
+def resample(waveform: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Resample along axis 0 with soxr "HQ", exactly as ``librosa.resample(res_type="soxr_hq")``.
+
+    soxr returns a length that can be one sample off librosa's, so the result is trimmed or
+    zero-padded to librosa's ``int(ceil(n * (sr_out / sr_in)))`` (same float expression, so the
+    same rounding). ``waveform`` is 1-D ``[time]`` or 2-D ``[time, channels]``; the result is float32.
+    """
+    if sr_in <= 0 or sr_out <= 0:
+        raise ValueError(f"sample rates must be positive, got {sr_in} -> {sr_out}")
+    x = np.ascontiguousarray(waveform, dtype=np.float32)
+    if x.ndim not in (1, 2):
+        raise ValueError(f"expected a [time] or [time, channels] array, got shape {x.shape}")
+    if sr_in == sr_out:
+        return x
+    n_out = int(np.ceil(x.shape[0] * (float(sr_out) / sr_in)))
+    if x.shape[0] == 0:
+        return np.zeros((n_out,) + x.shape[1:], dtype=np.float32)
+    y = soxr.resample(x, sr_in, sr_out, quality="HQ")
+    return _fix_length(np.asarray(y, dtype=np.float32), n_out)
+
+
+def _fix_length(x: np.ndarray, size: int) -> np.ndarray:
+    """Trim or zero-pad axis 0 to ``size`` (librosa.util.fix_length)."""
+    n = x.shape[0]
+    if n > size:
+        return np.ascontiguousarray(x[:size])
+    if n < size:
+        pad = [(0, size - n)] + [(0, 0)] * (x.ndim - 1)
+        return np.pad(x, pad)
+    return x
+
+
+def load_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Load any file libsndfile reads (wav, flac, ogg/vorbis, aiff, mp3, ...) as 1-D float32 mono.
+
+    Channels are averaged, then the signal is resampled to ``sample_rate`` (see :func:`resample`).
+    A WAV whose data was cut short (header claims more frames than the file holds) is read as far as
+    the data goes: libsndfile trusts the file size, which is what librosa does too, so the partial
+    audio is returned. A file whose header itself is cut, or that holds no frames, raises.
+
+    Raises:
+        AudioError: missing, a directory, empty, unreadable or undecodable file, zero frames,
+            or NaN/Inf samples.
+    """
+    p = Path(path)
+    # Checked up front because libsndfile reports all of these as "Error opening ...".
+    if not p.exists():
+        raise AudioError(f"{p}: audio file not found")
+    if p.is_dir():
+        raise AudioError(f"{p}: is a directory, not an audio file")
+    try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise AudioError(f"{p}: cannot read audio file ({_one_line(exc.strerror or exc)})") from exc
+    if size == 0:
+        raise AudioError(f"{p}: audio file is empty (0 bytes)")
+    if not os.access(p, os.R_OK):
+        raise AudioError(f"{p}: audio file is not readable (permission denied)")
+
+    try:
+        # always_2d gives [frames, channels] for every format; float32 as librosa.load decodes it.
+        data, sr_in = sf.read(str(p), dtype="float32", always_2d=True)
+    except sf.LibsndfileError as exc:
+        reason = _one_line(exc.error_string) or "unknown libsndfile error"
+        raise AudioError(
+            f"{p}: cannot decode audio ({reason}); the file is corrupt, truncated or not in a "
+            "format libsndfile reads"
+        ) from exc
+    except (sf.SoundFileError, RuntimeError, OSError, ValueError, TypeError) as exc:
+        raise AudioError(f"{p}: cannot decode audio ({_one_line(exc)})") from exc
+
+    if data.shape[0] == 0:
+        raise AudioError(f"{p}: audio file holds no samples (0 frames)")
+    if not np.isfinite(data).all():
+        # Checked before resampling: soxr would smear one NaN over the whole neighbourhood.
+        raise AudioError(f"{p}: audio holds non-finite samples (NaN or Inf)")
+
+    # librosa.to_mono: mean over channels (a single channel is taken as is, bit-exact).
+    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+    mono = np.ascontiguousarray(mono, dtype=np.float32)
+    if int(sr_in) != sample_rate:
+        mono = resample(mono, int(sr_in), sample_rate)
+    return mono
+
+
+def check_min_length(
+    waveform: np.ndarray,
+    min_samples: int,
+    path: str | os.PathLike[str] | None = None,
+    sample_rate: int = SAMPLE_RATE,
+) -> None:
+    """Raise :class:`AudioError` when ``waveform`` has fewer than ``min_samples`` samples (axis -1).
+
+    The caller chooses the minimum (it depends on the model's receptive field and pooling), so this
+    only words the error: "audio is X s long; the model needs at least Y s".
+    """
+    n = int(np.shape(waveform)[-1]) if np.ndim(waveform) else 0
+    if n >= min_samples:
+        return
+    have = n / sample_rate
+    need = min_samples / sample_rate
+    prefix = f"{Path(path)}: " if path is not None else ""
+    raise AudioError(
+        f"{prefix}audio is {have:.3g} s long; the model needs at least {need:.3g} s "
+        f"({min_samples} samples at {sample_rate} Hz)"
+    )

@@ -1,0 +1,214 @@
+"""Upstream-exact log-mel front-end (EfficientAT ``AugmentMelSTFT``) as TF ops and a Keras layer.
+
+Maps float32 waveforms ``[batch, samples]`` at 32 kHz to ``[batch, n_mels, frames, 1]`` (NHWC, mel as
+height, time as width), reproducing the PyTorch reference to float32 round-off:
+
+1. pre-emphasis as a *valid* convolution: ``y[n] = x[n+1] - 0.97 x[n]`` (length N-1);
+2. ``torch.stft(center=True)``: reflect-pad n_fft/2 on both sides, frames every ``hop`` samples;
+3. the *symmetric* Hann window of ``win_length`` taps, zero-padded to ``n_fft`` in the centre;
+4. power ``re^2 + im^2`` (not ``|X|^2`` through a square root);
+5. Kaldi/HTK triangular mel banks (``torchaudio.compliance.kaldi.get_mel_banks``), zero Nyquist row;
+6. ``log(mel + 1e-5)``, then the fixed affine ``(x + 4.5) / 5``.
+
+The training-only augmentations of upstream (fmin/fmax jitter, frequency and time masking) live in
+:class:`LogMelSpectrogram` and run only when ``training=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+PREEMPHASIS = 0.97
+LOG_OFFSET = 1e-5
+# "fast normalisation" of upstream: a fixed affine map, no dataset statistics.
+NORM_SHIFT = 4.5
+NORM_SCALE = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontendConfig:
+    """Parameters of the log-mel front-end; defaults are those of every upstream AudioSet model."""
+
+    sample_rate: int = 32000
+    n_fft: int = 1024
+    win_length: int = 800
+    hop_length: int = 320
+    n_mels: int = 128
+    fmin: float = 0.0
+    # None means upstream's default: sr // 2 - fmax_aug_range // 2 (15 kHz at 32 kHz).
+    fmax: float | None = None
+    fmin_aug_range: int = 10
+    fmax_aug_range: int = 2000
+    # SpecAugment widths; 0 (off) is what every upstream training script uses.
+    freqm: int = 0
+    timem: int = 0
+
+    @property
+    def effective_fmax(self) -> float:
+        if self.fmax is not None:
+            return float(self.fmax)
+        return float(self.sample_rate // 2 - self.fmax_aug_range // 2)
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest waveform the reflect padding accepts (pre-emphasised length must exceed n_fft/2)."""
+        return self.n_fft // 2 + 2
+
+    def num_frames(self, num_samples: int) -> int:
+        return 1 + (num_samples - 1) // self.hop_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _kaldi_mel(freq: tf.Tensor) -> tf.Tensor:
+    return 1127.0 * tf.math.log(1.0 + freq / 700.0)
+
+
+def kaldi_mel_banks(
+    n_mels: int,
+    n_fft: int,
+    sample_rate: int,
+    fmin: tf.Tensor | float,
+    fmax: tf.Tensor | float,
+) -> tf.Tensor:
+    """Kaldi/HTK mel filterbank as a ``[n_fft // 2 + 1, n_mels]`` float32 tensor (Nyquist row zero).
+
+    Follows ``torchaudio.compliance.kaldi.get_mel_banks`` with ``vtln_warp_factor=1``: band edges
+    equally spaced on ``1127 ln(1 + f/700)``, unnormalised triangles in the mel domain. The band
+    edges are computed in float64 like torchaudio's Python scalars, the weights in float32 like its
+    tensors. fmin/fmax may be tensors so that training can jitter them inside a graph.
+    """
+    fmin64 = tf.cast(fmin, tf.float64)
+    fmax64 = tf.cast(fmax, tf.float64)
+    mel_low = 1127.0 * tf.math.log(1.0 + fmin64 / 700.0)
+    mel_high = 1127.0 * tf.math.log(1.0 + fmax64 / 700.0)
+    delta = (mel_high - mel_low) / (n_mels + 1)
+    band = tf.range(n_mels, dtype=tf.float32)[tf.newaxis, :]
+    mel_low32 = tf.cast(mel_low, tf.float32)
+    delta32 = tf.cast(delta, tf.float32)
+    left = mel_low32 + band * delta32
+    centre = mel_low32 + (band + 1.0) * delta32
+    right = mel_low32 + (band + 2.0) * delta32
+    bin_width = float(sample_rate) / float(n_fft)
+    mel = _kaldi_mel(bin_width * tf.range(n_fft // 2, dtype=tf.float32))[:, tf.newaxis]
+    up = (mel - left) / (centre - left)
+    down = (right - mel) / (right - centre)
+    banks = tf.maximum(0.0, tf.minimum(up, down))
+    # torchaudio returns n_fft/2 bins; upstream appends a zero weight for the Nyquist bin.
+    return tf.pad(banks, [[0, 1], [0, 0]])
+
+
+def symmetric_hann_window(win_length: int, n_fft: int) -> np.ndarray:
+    """``torch.hann_window(win_length, periodic=False)`` zero-padded to n_fft, centred (as torch.stft)."""
+    n = np.arange(win_length, dtype=np.float64)
+    window = 0.5 - 0.5 * np.cos(2.0 * math.pi * n / (win_length - 1))
+    left = (n_fft - win_length) // 2
+    padded = np.zeros(n_fft, dtype=np.float64)
+    padded[left : left + win_length] = window
+    return padded.astype(np.float32)
+
+
+def power_spectrogram(waveform: tf.Tensor, config: FrontendConfig) -> tf.Tensor:
+    """Pre-emphasis and centred STFT power, ``[batch, frames, n_fft // 2 + 1]``."""
+    waveform = tf.convert_to_tensor(waveform, tf.float32)
+    emphasised = waveform[:, 1:] - PREEMPHASIS * waveform[:, :-1]
+    half = config.n_fft // 2
+    padded = tf.pad(emphasised, [[0, 0], [half, half]], mode="REFLECT")
+    frames = tf.signal.frame(padded, config.n_fft, config.hop_length, pad_end=False)
+    window = tf.constant(symmetric_hann_window(config.win_length, config.n_fft))
+    spectrum = tf.signal.rfft(frames * window)
+    return tf.math.square(tf.math.real(spectrum)) + tf.math.square(tf.math.imag(spectrum))
+
+
+def log_mel_from_power(power: tf.Tensor, mel_banks: tf.Tensor) -> tf.Tensor:
+    """``[batch, frames, bins]`` power → ``[batch, n_mels, frames, 1]`` normalised log-mel (NHWC)."""
+    mel = tf.linalg.matmul(power, mel_banks)
+    log_mel = tf.math.log(mel + LOG_OFFSET)
+    return tf.transpose(log_mel, [0, 2, 1])[..., tf.newaxis]
+
+
+def normalize(log_mel: tf.Tensor) -> tf.Tensor:
+    return (log_mel + NORM_SHIFT) / NORM_SCALE
+
+
+def log_mel_spectrogram(waveform: tf.Tensor, config: FrontendConfig = FrontendConfig()) -> tf.Tensor:
+    """Plain-function form of the eval-mode front-end: waveform ``[B, N]`` → ``[B, n_mels, T, 1]``."""
+    banks = kaldi_mel_banks(
+        config.n_mels, config.n_fft, config.sample_rate, config.fmin, config.effective_fmax
+    )
+    return normalize(log_mel_from_power(power_spectrogram(waveform, config), banks))
+
+
+def _mask_along_axis(x: tf.Tensor, mask_param: int, axis: int) -> tf.Tensor:
+    """torchaudio ``mask_along_axis_iid``: one random band per example, set to 0 (log domain)."""
+    size = tf.shape(x)[axis]
+    batch = tf.shape(x)[0]
+    width = tf.random.uniform([batch]) * float(mask_param)
+    start = tf.random.uniform([batch]) * (tf.cast(size, tf.float32) - width)
+    start_i = tf.cast(tf.floor(start), tf.int32)
+    end_i = start_i + tf.cast(tf.floor(width), tf.int32)
+    positions = tf.range(size)[tf.newaxis, :]
+    masked = (positions >= start_i[:, tf.newaxis]) & (positions < end_i[:, tf.newaxis])
+    if axis == 1:
+        masked = masked[:, :, tf.newaxis, tf.newaxis]
+    else:
+        masked = masked[:, tf.newaxis, :, tf.newaxis]
+    return tf.where(masked, tf.zeros_like(x), x)
+
+
+@tf_keras.utils.register_keras_serializable(package="eat_keras")
+class LogMelSpectrogram(tf_keras.layers.Layer):
+    """Keras layer: waveform ``[B, N]`` at ``sample_rate`` → normalised log-mel ``[B, n_mels, T, 1]``.
+
+    In inference the mel matrix is a constant. With ``training=True`` it draws one fmin/fmax per call
+    (shared by the batch, as upstream) and applies frequency/time masking when ``freqm``/``timem``
+    are non-zero.
+    """
+
+    def __init__(self, config: FrontendConfig | dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(config, dict):
+            config = FrontendConfig(**config)
+        self.config = config or FrontendConfig()
+        c = self.config
+        self._window = symmetric_hann_window(c.win_length, c.n_fft)
+        self._eval_banks = kaldi_mel_banks(
+            c.n_mels, c.n_fft, c.sample_rate, c.fmin, c.effective_fmax
+        ).numpy()
+
+    def _training_banks(self) -> tf.Tensor:
+        c = self.config
+        fmin = c.fmin + tf.cast(tf.random.uniform([], 0, max(c.fmin_aug_range, 1), tf.int32), tf.float32)
+        fmax = (
+            c.effective_fmax
+            + c.fmax_aug_range // 2
+            - tf.cast(tf.random.uniform([], 0, max(c.fmax_aug_range, 1), tf.int32), tf.float32)
+        )
+        return kaldi_mel_banks(c.n_mels, c.n_fft, c.sample_rate, fmin, fmax)
+
+    def call(self, waveform: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        power = power_spectrogram(waveform, self.config)
+        if not training:
+            return normalize(log_mel_from_power(power, tf.constant(self._eval_banks)))
+        log_mel = log_mel_from_power(power, self._training_banks())
+        if self.config.freqm > 0:
+            log_mel = _mask_along_axis(log_mel, self.config.freqm, axis=1)
+        if self.config.timem > 0:
+            log_mel = _mask_along_axis(log_mel, self.config.timem, axis=2)
+        return normalize(log_mel)
+
+    def compute_output_shape(self, input_shape: tf.TensorShape) -> tf.TensorShape:
+        input_shape = tf.TensorShape(input_shape)
+        n = input_shape[1]
+        frames = None if n is None else self.config.num_frames(n)
+        return tf.TensorShape([input_shape[0], self.config.n_mels, frames, 1])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "config": self.config.to_dict()}

@@ -1,0 +1,84 @@
+"""Conv (or depthwise conv) + BatchNorm + activation with PyTorch's symmetric padding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+import tf_keras
+
+from eat_keras.layers.activations import get_activation
+
+# PyTorch momentum 0.01 is Keras momentum 0.99; upstream uses eps 1e-3 in the whole backbone.
+BN_EPSILON = 1e-3
+BN_MOMENTUM = 0.99
+
+
+@tf_keras.utils.register_keras_serializable(package="eat_keras")
+class ConvBNAct(tf_keras.layers.Layer):
+    """torchvision ``ConvNormActivation``: conv without bias → BatchNorm → optional activation.
+
+    Padding is explicit and symmetric, ``(k - 1) // 2 * dilation`` on every side, followed by a VALID
+    conv: TF's ``'same'`` pads asymmetrically for stride 2 on even sizes (128 mel bins is even).
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int,
+        strides: int = 1,
+        depthwise: bool = False,
+        dilation: int = 1,
+        activation: str | None = None,
+        bn_epsilon: float = BN_EPSILON,
+        bn_momentum: float = BN_MOMENTUM,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.depthwise = depthwise
+        self.dilation = dilation
+        self.activation = activation
+        self.bn_epsilon = bn_epsilon
+        self.bn_momentum = bn_momentum
+        pad = (kernel_size - 1) // 2 * dilation
+        self.pad = tf_keras.layers.ZeroPadding2D(pad, name="pad") if pad else None
+        common = dict(
+            kernel_size=kernel_size,
+            strides=strides,
+            dilation_rate=dilation,
+            padding="valid",
+            use_bias=False,
+            name="conv",
+        )
+        if depthwise:
+            self.conv = tf_keras.layers.DepthwiseConv2D(
+                depthwise_initializer="he_normal", **common
+            )
+        else:
+            self.conv = tf_keras.layers.Conv2D(filters, kernel_initializer="he_normal", **common)
+        self.bn = tf_keras.layers.BatchNormalization(
+            epsilon=bn_epsilon, momentum=bn_momentum, name="bn"
+        )
+        self._act = get_activation(activation)
+
+    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        if self.pad is not None:
+            x = self.pad(x)
+        x = self.bn(self.conv(x), training=training)
+        return self._act(x) if self._act is not None else x
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "depthwise": self.depthwise,
+            "dilation": self.dilation,
+            "activation": self.activation,
+            "bn_epsilon": self.bn_epsilon,
+            "bn_momentum": self.bn_momentum,
+        }

@@ -1,0 +1,57 @@
+"""AudioTagger: the whole pipeline as one Keras model, waveform in, logits/scores out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+import tf_keras
+
+from eat_keras.frontend import LogMelSpectrogram
+from eat_keras.models.config import ModelConfig
+from eat_keras.models.network import EfficientATNet
+
+
+@tf_keras.utils.register_keras_serializable(package="eat_keras")
+class AudioTagger(tf_keras.Model):
+    """waveform ``[B, N]`` at ``config.frontend.sample_rate`` → dict of ``scores``, ``logits``,
+    ``embedding``, ``frame_logits``. ``scores`` are sigmoid (multi-label) or softmax (single-label)."""
+
+    def __init__(
+        self,
+        config: ModelConfig | dict[str, Any],
+        class_names: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        config = ModelConfig.from_dict(config) if isinstance(config, dict) else config
+        kwargs.setdefault("name", "audio_tagger")
+        super().__init__(**kwargs)
+        self.config = config
+        self.class_names = list(class_names) if class_names is not None else None
+        self.frontend = LogMelSpectrogram(config.frontend, name="frontend")
+        self.net = EfficientATNet(config, name="net")
+
+    @property
+    def min_samples(self) -> int:
+        return self.config.frontend.min_samples
+
+    def scores_from_logits(self, logits: tf.Tensor) -> tf.Tensor:
+        if self.config.label_type == "single_label":
+            return tf.nn.softmax(logits, axis=-1)
+        return tf.math.sigmoid(logits)
+
+    def call(self, waveform: tf.Tensor, training: bool | None = None) -> dict[str, tf.Tensor]:
+        outputs = dict(self.net(self.frontend(waveform, training=training), training=training))
+        outputs["scores"] = self.scores_from_logits(outputs["logits"])
+        return outputs
+
+    def build_for_inference(self) -> "AudioTagger":
+        self(tf.zeros([1, self.config.frontend.sample_rate]), training=False)
+        return self
+
+    def get_config(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "class_names": self.class_names, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "AudioTagger":
+        return cls(**config)

@@ -1,0 +1,1 @@
+"""Weight import: reading upstream PyTorch checkpoints and ONNX files without torch."""

@@ -1,0 +1,131 @@
+"""Infer the architecture (family, width, head, classes) from upstream-named tensors.
+
+Weights fix the family, width, head type and class count. They do not fix the strides, hop size or
+number of mel bins (the network is convolutional, its weights have the same shapes either way):
+those come from explicit overrides, a ``config.json`` next to the file, upstream's file-name
+conventions (``_s2211``, ``hop_15``, ``mels_64``) or the defaults, in that order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eat_keras.errors import ArchitectureMismatchError
+from eat_keras.frontend import FrontendConfig
+from eat_keras.models.blocks import block_specs
+from eat_keras.models.config import ModelConfig
+
+# Width multipliers of every upstream release (NAME_TO_WIDTH) plus the ImageNet-only 0.6.
+KNOWN_WIDTHS = (0.1, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 2.0, 3.0, 4.0)
+AUDIOSET_CLASSES = 527
+_HOP_MS_TO_SAMPLES = 32  # upstream hop_N names are in milliseconds at 32 kHz
+
+
+def width_from_channels(stem_channels: int, last_channels: int, source: str) -> float:
+    """The width multiplier whose channel table gives this stem width and last-conv width."""
+    for width in KNOWN_WIDTHS:
+        specs = block_specs(width)
+        if specs[0].in_channels == stem_channels and 6 * specs[-1].out_channels == last_channels:
+            return width
+    raise ArchitectureMismatchError(
+        f"{source}: stem with {stem_channels} and last conv with {last_channels} channels match no "
+        f"EfficientAT width (known widths {KNOWN_WIDTHS})"
+    )
+
+
+def default_label_type(num_classes: int) -> str:
+    # AudioSet heads are multi-label; a re-headed checkpoint is most often a single-label task
+    # (ESC-50, the seed's 20 classes). Users override with --label-type.
+    return "multi_label" if num_classes == AUDIOSET_CLASSES else "single_label"
+
+
+def infer_config_from_state(state: Mapping[str, np.ndarray], source: str) -> dict[str, Any]:
+    """Architecture fields of :class:`ModelConfig` that the tensors determine."""
+    if "features.0.0.weight" in state:
+        arch, stem_key, last_key = "mn", "features.0.0.weight", None
+        last_idx = max(int(k.split(".")[1]) for k in state if k.startswith("features."))
+        last_key = f"features.{last_idx}.0.weight"
+        fields: dict[str, Any] = {"arch": arch}
+    elif "in_c.0.weight" in state:
+        stem_key, last_key = "in_c.0.weight", "out_c.0.weight"
+        mode = "all" if "layers.0.depth_conv.weight" in state else "replace_se"
+        fields = {"arch": "dymn", "use_dy_blocks": mode}
+    else:
+        raise ArchitectureMismatchError(
+            f"{source}: not an EfficientAT MN or DyMN state dict (no features.0.0.weight or "
+            f"in_c.0.weight among {len(state)} tensors; first key {next(iter(state), None)!r})"
+        )
+    if last_key not in state:
+        raise ArchitectureMismatchError(f"{source}: tensor {last_key} (last conv) is missing")
+    fields["width_mult"] = width_from_channels(
+        int(state[stem_key].shape[0]), int(state[last_key].shape[0]), source
+    )
+    if "classifier.5.weight" in state:
+        fields["head_type"], classes = "mlp", int(state["classifier.5.weight"].shape[0])
+    elif "classifier.0.weight" in state:
+        fields["head_type"], classes = "fully_convolutional", int(state["classifier.0.weight"].shape[0])
+    elif "classifier.subspace_proj.weight" in state:
+        heads = int(np.shape(state["classifier.head_weight"])[1])
+        fields["head_type"] = "attention_pooling"
+        classes = int(state["classifier.subspace_proj.weight"].shape[0]) // (2 * heads)
+    else:
+        raise ArchitectureMismatchError(f"{source}: no classifier tensors (classifier.*) found")
+    fields["num_classes"] = classes
+    fields["label_type"] = default_label_type(classes)
+    return fields
+
+
+def hints_from_name(name: str) -> dict[str, Any]:
+    """Upstream naming conventions: ``_s2211`` strides, ``hop_15`` (ms), ``mels_64``, ``_fc``."""
+    hints: dict[str, Any] = {}
+    if m := re.search(r"_s([12])([12])([12])([12])(?![0-9])", name):
+        hints["strides"] = tuple(int(g) for g in m.groups())
+    frontend: dict[str, Any] = {}
+    if m := re.search(r"hop_(\d+)", name):
+        frontend["hop_length"] = int(m.group(1)) * _HOP_MS_TO_SAMPLES
+    if m := re.search(r"mels_(\d+)", name):
+        frontend["n_mels"] = int(m.group(1))
+    if frontend:
+        hints["frontend"] = frontend
+    return hints
+
+
+def sidecar_config(path: Path) -> dict[str, Any]:
+    """``<file>.json`` or ``config.json`` next to a weight file, restricted to ModelConfig keys."""
+    for candidate in (path.with_suffix(".json"), path.parent / "config.json"):
+        if candidate.is_file():
+            try:
+                data = json.loads(candidate.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(data, dict) and "arch" in data:
+                allowed = set(ModelConfig.__dataclass_fields__) - {"frontend"}
+                return {k: (tuple(v) if k == "strides" else v) for k, v in data.items() if k in allowed}
+    return {}
+
+
+def resolve_config(
+    inferred: Mapping[str, Any], path: Path | None, overrides: Mapping[str, Any] | None
+) -> ModelConfig:
+    """Combine, by increasing priority: defaults < file-name hints < sidecar json < inferred
+    tensor facts < explicit overrides (a user who says strides=(2,2,1,1) means it)."""
+    fields: dict[str, Any] = {}
+    frontend: dict[str, Any] = {}
+    layers = []
+    if path is not None:
+        layers += [hints_from_name(path.stem), sidecar_config(path)]
+    layers += [dict(inferred), dict(overrides or {})]
+    for layer in layers:
+        layer = dict(layer)
+        fe = layer.pop("frontend", None)
+        if isinstance(fe, FrontendConfig):
+            fe = fe.to_dict()
+        frontend.update(fe or {})
+        fields.update({k: v for k, v in layer.items() if v is not None})
+    return ModelConfig(**fields, frontend=FrontendConfig(**frontend))

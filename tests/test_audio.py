@@ -1,0 +1,202 @@
+"""Audio loading: parity with librosa.load (golden waveforms), mixing, resampling, and errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import CLIPS
+from eat_keras.audio import SAMPLE_RATE, check_min_length, load_audio, resample
+from eat_keras.errors import AudioError, EatKerasError
+
+
+def _sine(freq: float, sr: int, seconds: float, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(round(sr * seconds))) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _peak_freq(x: np.ndarray, sr: int) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.argmax(spectrum) * sr / len(x))
+
+
+# --- golden parity ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_matches_golden_librosa_waveform(clip: str, shared_dir: Path, golden_dir: Path) -> None:
+    """load_audio reproduces librosa.load(sr=32000, mono=True) as stored by upstream."""
+    wav = load_audio(shared_dir / "audio" / f"{clip}.wav")
+    golden = np.load(golden_dir / "clips" / f"{clip}_wav32k.npy")
+    assert wav.dtype == np.float32 and wav.ndim == 1
+    assert wav.shape == golden.shape
+    tol = 1e-6 if clip == "metro_station-paris" else 1e-7  # only metro is resampled (44.1 kHz)
+    assert float(np.max(np.abs(wav - golden))) <= tol
+
+
+# --- mixing, resampling, formats ---------------------------------------------------------------
+
+
+def test_stereo_is_mixed_by_mean(tmp_path: Path) -> None:
+    left = _sine(440, SAMPLE_RATE, 0.5)
+    right = _sine(1000, SAMPLE_RATE, 0.5, amp=0.25)
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([left, right], axis=1), SAMPLE_RATE, subtype="FLOAT")
+    wav = load_audio(path)
+    np.testing.assert_allclose(wav, (left + right) / 2, atol=1e-7)
+
+
+@pytest.mark.parametrize("sr_in", [48000, 16000, 44100])
+def test_resample_length_and_frequency(tmp_path: Path, sr_in: int) -> None:
+    seconds, freq = 1.3, 1000.0
+    path = tmp_path / f"sine_{sr_in}.wav"
+    sf.write(path, _sine(freq, sr_in, seconds), sr_in, subtype="FLOAT")
+    wav = load_audio(path)
+    n_in = int(round(sr_in * seconds))
+    assert wav.dtype == np.float32
+    assert len(wav) == -(-n_in * SAMPLE_RATE // sr_in)  # ceil(n * 32000 / sr_in)
+    assert abs(_peak_freq(wav, SAMPLE_RATE) - freq) < 2.0
+    # Amplitude survives (HQ resampler, tone far below Nyquist); ignore the filter's edges.
+    core = wav[200:-200]
+    assert abs(float(np.max(np.abs(core))) - 0.5) < 0.01
+
+
+def test_load_audio_other_sample_rate(tmp_path: Path) -> None:
+    path = tmp_path / "s.wav"
+    sf.write(path, _sine(440, 32000, 1.0), 32000, subtype="FLOAT")
+    wav = load_audio(path, sample_rate=16000)
+    assert len(wav) == 16000
+    assert abs(_peak_freq(wav, 16000) - 440) < 2.0
+
+
+def test_resample_helper() -> None:
+    x = _sine(500, 48000, 0.25)
+    y = resample(x, 48000, 32000)
+    assert y.dtype == np.float32 and y.shape == (8000,)
+    np.testing.assert_array_equal(resample(x, 48000, 48000), x)
+    assert resample(np.zeros(0, np.float32), 44100, 32000).shape == (0,)
+    assert resample(np.ones(3, np.float32), 44100, 32000).shape == (3,)  # ceil(3 * 0.7256)
+    stereo = resample(np.stack([x, x], axis=1), 48000, 32000)
+    assert stereo.shape == (8000, 2)
+    with pytest.raises(ValueError):
+        resample(x, 0, 32000)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "fmt", "subtype", "atol"),
+    [(".flac", "FLAC", "PCM_16", 1e-4), (".ogg", "OGG", "VORBIS", 0.1)],
+)
+def test_compressed_formats_load(
+    tmp_path: Path, suffix: str, fmt: str, subtype: str, atol: float
+) -> None:
+    x = _sine(440, SAMPLE_RATE, 1.0)
+    path = tmp_path / f"tone{suffix}"
+    sf.write(path, x, SAMPLE_RATE, format=fmt, subtype=subtype)
+    wav = load_audio(path)
+    assert wav.dtype == np.float32 and wav.ndim == 1
+    if fmt == "OGG":
+        assert abs(len(wav) - len(x)) <= 1  # vorbis may pad/trim at the edges
+    else:
+        assert len(wav) == len(x)
+    assert abs(_peak_freq(wav, SAMPLE_RATE) - 440) < 2.0
+    n = min(len(wav), len(x))
+    assert float(np.max(np.abs(wav[:n] - x[:n]))) < atol
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def _assert_audio_error(path: Path, *words: str) -> str:
+    with pytest.raises(AudioError) as info:
+        load_audio(path)
+    message = str(info.value)
+    assert path.name in message
+    assert "\n" not in message
+    for word in words:
+        assert word in message.lower()
+    assert isinstance(info.value, EatKerasError)
+    return message
+
+
+def _wav_bytes(tmp_path: Path, n: int = 32000) -> bytes:
+    full = tmp_path / "full_source.wav"
+    sf.write(full, _sine(440, SAMPLE_RATE, n / SAMPLE_RATE), SAMPLE_RATE, subtype="PCM_16")
+    return full.read_bytes()
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    _assert_audio_error(tmp_path / "nope.wav", "not found")
+
+
+def test_directory(tmp_path: Path) -> None:
+    folder = tmp_path / "clips.wav"
+    folder.mkdir()
+    _assert_audio_error(folder, "directory")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.wav"
+    path.write_bytes(b"")
+    _assert_audio_error(path, "empty")
+
+
+def test_corrupt_file(tmp_path: Path) -> None:
+    path = tmp_path / "junk.wav"
+    path.write_bytes(b"this is not audio at all " * 40)
+    _assert_audio_error(path, "cannot decode")
+
+
+def test_truncated_data_gives_partial_audio(tmp_path: Path) -> None:
+    """A WAV cut mid-data (header claims 32000 frames) decodes what is there, no crash."""
+    data = _wav_bytes(tmp_path)
+    path = tmp_path / "cut.wav"
+    path.write_bytes(data[: 44 + 2 * 10000])  # 44-byte header + 10000 16-bit frames
+    wav = load_audio(path)
+    assert len(wav) == 10000
+    assert np.isfinite(wav).all()
+
+
+@pytest.mark.parametrize("keep", [4, 12, 20, 30, 44])
+def test_truncated_header_is_an_error(tmp_path: Path, keep: int) -> None:
+    """A WAV whose header is cut (or holds no data at all) raises AudioError."""
+    data = _wav_bytes(tmp_path)
+    path = tmp_path / f"hdr{keep}.wav"
+    path.write_bytes(data[:keep])
+    _assert_audio_error(path)
+
+
+def test_truncated_flac_is_an_error(tmp_path: Path) -> None:
+    src = tmp_path / "src.flac"
+    sf.write(src, _sine(440, SAMPLE_RATE, 1.0), SAMPLE_RATE, format="FLAC")
+    path = tmp_path / "cut.flac"
+    path.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    _assert_audio_error(path, "cannot decode")
+
+
+def test_zero_frames(tmp_path: Path) -> None:
+    path = tmp_path / "silent.wav"
+    sf.write(path, np.zeros(0, np.float32), SAMPLE_RATE)
+    _assert_audio_error(path, "0 frames")
+
+
+@pytest.mark.parametrize(("bad", "subtype"), [(np.nan, "FLOAT"), (np.inf, "DOUBLE")])
+def test_non_finite_samples(tmp_path: Path, bad: float, subtype: str) -> None:
+    x = _sine(440, 44100, 0.5)
+    x[100] = bad
+    path = tmp_path / "nan.wav"
+    sf.write(path, x, 44100, subtype=subtype)
+    _assert_audio_error(path, "non-finite")
+
+
+def test_check_min_length() -> None:
+    check_min_length(np.zeros(32000, np.float32), 32000, "a.wav")
+    with pytest.raises(AudioError) as info:
+        check_min_length(np.zeros(16000, np.float32), 32000, "short.wav")
+    message = str(info.value)
+    assert "short.wav" in message
+    assert "audio is 0.5 s long; the model needs at least 1 s" in message
+    with pytest.raises(AudioError, match="needs at least"):
+        check_min_length(np.zeros((1, 10), np.float32), 11)

@@ -1,0 +1,298 @@
+"""hub: file resolution order, cache verification, and atomic downloads from a loopback server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import http.server
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from eat_keras import hub
+from eat_keras.errors import DownloadError, EatKerasError
+
+ENV_VARS = ("EAT_CACHE_DIR", "XDG_CACHE_HOME", "EAT_WEIGHTS_DIR", "EAT_LABELS_DIR", "EAT_LABELS")
+PAYLOAD = b"release file body\n" * 5000  # ~90 kB: several reads
+PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+@dataclass
+class Server:
+    url: str
+    root: Path
+    paths: list[str] = field(default_factory=list)  # every request path, to count downloads
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves ``root``; ``/short/...`` promises more bytes than it sends, ``/cut/...`` sends half the
+    body and closes the socket, both emulating a connection that dies mid-download."""
+
+    server_state: Server
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        self.server_state.paths.append(self.path)
+        if self.path.startswith(("/short/", "/cut/")):
+            body = PAYLOAD
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            claimed = len(body) + 1000 if self.path.startswith("/short/") else len(body)
+            self.send_header("Content-Length", str(claimed))
+            self.end_headers()
+            self.wfile.write(body if self.path.startswith("/short/") else body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    root = tmp_path / "www"
+    root.mkdir()
+    state = Server(url="", root=root)
+    handler = type("Handler", (_Handler,), {"server_state": state})
+
+    def make(*args, **kwargs):  # type: ignore[no-untyped-def]
+        return handler(*args, directory=str(root), **kwargs)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A clean environment whose cache is an empty tmp folder (not yet created)."""
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    path = tmp_path / "cache"
+    monkeypatch.setenv("EAT_CACHE_DIR", str(path))
+    return path
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# --- cache_dir / sha256_of ------------------------------------------------------------------
+
+
+def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert hub.cache_dir() == tmp_path / "home" / ".cache" / "eat-keras"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub.cache_dir() == tmp_path / "xdg" / "eat-keras"
+    monkeypatch.setenv("EAT_CACHE_DIR", str(tmp_path / "explicit"))
+    assert hub.cache_dir() == tmp_path / "explicit"
+    assert not (tmp_path / "explicit").exists()  # asking does not create anything
+
+
+def test_sha256_of(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(PAYLOAD)
+    assert hub.sha256_of(path) == PAYLOAD_SHA
+
+
+# --- downloads ------------------------------------------------------------------------------
+
+
+def test_download_into_cache_with_sha(
+    server: Server, cache: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (server.root / "model.pt").write_bytes(PAYLOAD)
+    url = f"{server.url}/model.pt"
+    path = hub.resolve_file("model.pt", url, sha256=PAYLOAD_SHA)
+    assert path == cache / "model.pt"
+    assert path.read_bytes() == PAYLOAD
+    assert server.paths == ["/model.pt"]
+    assert capsys.readouterr().err == ""  # stderr is not a TTY under pytest: no progress
+    # Only the file and its verification stamp remain: no temporary files.
+    assert _leftovers(cache) == ["model.pt", "model.pt.sha256"]
+
+    # Second call: served from the cache, no new request, and no re-hash thanks to the stamp.
+    def no_hashing(path: object) -> str:
+        raise AssertionError("a verified cache file was hashed again")
+
+    monkeypatch.setattr(hub, "sha256_of", no_hashing)
+    assert hub.resolve_file("model.pt", url, sha256=PAYLOAD_SHA) == path
+    assert server.paths == ["/model.pt"]
+
+
+def test_download_function_without_sha(server: Server, tmp_path: Path) -> None:
+    (server.root / "a.bin").write_bytes(PAYLOAD)
+    dest = tmp_path / "deep" / "dir" / "a.bin"
+    assert hub.download(f"{server.url}/a.bin", dest) == dest
+    assert dest.read_bytes() == PAYLOAD
+    assert _leftovers(dest.parent) == ["a.bin"]
+
+
+def test_wrong_sha_deletes_download(server: Server, cache: Path) -> None:
+    (server.root / "model.pt").write_bytes(PAYLOAD)
+    wrong = "0" * 64
+    with pytest.raises(DownloadError) as info:
+        hub.resolve_file("model.pt", f"{server.url}/model.pt", sha256=wrong)
+    message = str(info.value)
+    assert wrong in message and PAYLOAD_SHA in message
+    assert _leftovers(cache) == []  # neither the final name nor a .part file
+
+
+def test_wrong_sha_keeps_existing_destination(server: Server, tmp_path: Path) -> None:
+    """A failed download never touches a file already under the final name."""
+    (server.root / "a.bin").write_bytes(PAYLOAD)
+    dest = tmp_path / "a.bin"
+    dest.write_bytes(b"old")
+    with pytest.raises(DownloadError):
+        hub.download(f"{server.url}/a.bin", dest, sha256="1" * 64)
+    assert dest.read_bytes() == b"old"
+    assert _leftovers(tmp_path) == ["a.bin", "www"]
+
+
+def test_404(server: Server, cache: Path) -> None:
+    url = f"{server.url}/missing.pt"
+    with pytest.raises(DownloadError) as info:
+        hub.resolve_file("missing.pt", url)
+    message = str(info.value)
+    assert url in message and "404" in message
+    assert "$EAT_WEIGHTS_DIR" in message and str(cache) in message
+    assert "\n" not in message
+    assert _leftovers(cache) == []
+
+
+def test_connection_refused(cache: Path) -> None:
+    # Bind and close a socket to get a port with (almost certainly) nothing listening.
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/x.pt"
+    with pytest.raises(DownloadError, match="could not download"):
+        hub.resolve_file("x.pt", url, sha256=PAYLOAD_SHA)
+    assert _leftovers(cache) == []
+
+
+@pytest.mark.parametrize("kind", ["short", "cut"])
+def test_interrupted_download_leaves_no_file(server: Server, cache: Path, kind: str) -> None:
+    """Content-Length larger than the body, or a socket closed mid-body: no final file."""
+    with pytest.raises(DownloadError, match="could not download"):
+        hub.resolve_file("model.pt", f"{server.url}/{kind}/model.pt")  # no sha: size check alone
+    assert _leftovers(cache) == []
+
+
+# --- resolution order -----------------------------------------------------------------------
+
+
+def test_resolution_order(
+    server: Server, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """explicit > $EAT_WEIGHTS_DIR > cache > download."""
+    (server.root / "w.pt").write_bytes(PAYLOAD)
+    url = f"{server.url}/w.pt"
+
+    # Nothing local: downloaded.
+    assert hub.resolve_file("w.pt", url) == cache / "w.pt"
+    assert len(server.paths) == 1
+
+    # Cache beats download.
+    assert hub.resolve_file("w.pt", url) == cache / "w.pt"
+    assert len(server.paths) == 1
+
+    # Env dir beats cache; env dirs are used as given (not hashed: the wrong sha is ignored).
+    env_dir = tmp_path / "weights"
+    env_dir.mkdir()
+    (env_dir / "w.pt").write_bytes(b"env copy")
+    monkeypatch.setenv("EAT_WEIGHTS_DIR", str(env_dir))
+    assert hub.resolve_file("w.pt", url, sha256="2" * 64) == env_dir / "w.pt"
+
+    # Several env vars: the first that holds the file wins; an unset/missing one is skipped.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "w.pt").write_bytes(b"other")
+    monkeypatch.setenv("EAT_LABELS_DIR", str(other))
+    assert hub.resolve_file("w.pt", url, search_env=("NOT_SET_VAR", "EAT_LABELS_DIR",
+                                                     "EAT_WEIGHTS_DIR")) == other / "w.pt"
+
+    # Explicit beats everything, also used as given.
+    mine = tmp_path / "mine.pt"
+    mine.write_bytes(b"mine")
+    assert hub.resolve_file("w.pt", url, sha256="2" * 64, explicit=mine) == mine
+    assert len(server.paths) == 1
+
+
+def test_explicit_missing_is_an_error(cache: Path, tmp_path: Path) -> None:
+    with pytest.raises(EatKerasError, match="not found") as info:
+        hub.resolve_file("w.pt", "http://127.0.0.1:9/w.pt", explicit=tmp_path / "nope.pt")
+    assert "nope.pt" in str(info.value)
+    with pytest.raises(EatKerasError, match="directory"):
+        hub.resolve_file("w.pt", "http://127.0.0.1:9/w.pt", explicit=tmp_path)
+
+
+def test_no_download_lists_searched_places(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EAT_WEIGHTS_DIR", str(tmp_path / "weights"))
+    with pytest.raises(DownloadError) as info:
+        hub.resolve_file(
+            "w.pt", "http://127.0.0.1:9/w.pt", search_env=("EAT_WEIGHTS_DIR", "EAT_LABELS_DIR"),
+            download=False,
+        )
+    message = str(info.value)
+    assert str(tmp_path / "weights" / "w.pt") in message
+    assert "$EAT_LABELS_DIR (not set)" in message
+    assert str(cache / "w.pt") in message
+    assert not cache.exists()
+
+
+def test_cached_file_with_wrong_sha_is_reported(server: Server, cache: Path) -> None:
+    cache.mkdir()
+    (cache / "w.pt").write_bytes(b"tampered")
+    (server.root / "w.pt").write_bytes(PAYLOAD)
+    with pytest.raises(DownloadError) as info:
+        hub.resolve_file("w.pt", f"{server.url}/w.pt", sha256=PAYLOAD_SHA)
+    message = str(info.value)
+    assert str(cache / "w.pt") in message and PAYLOAD_SHA in message
+    assert hashlib.sha256(b"tampered").hexdigest() in message
+    assert server.paths == []  # reported, not silently replaced either
+
+
+def test_cache_stamp_is_invalidated_by_changes(server: Server, cache: Path) -> None:
+    (server.root / "w.pt").write_bytes(PAYLOAD)
+    path = hub.resolve_file("w.pt", f"{server.url}/w.pt", sha256=PAYLOAD_SHA)
+    st = path.stat()
+    path.write_bytes(PAYLOAD[:-1] + b"X")  # same size, new content...
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # ...and a new mtime
+    with pytest.raises(DownloadError, match="expected"):
+        hub.resolve_file("w.pt", f"{server.url}/w.pt", sha256=PAYLOAD_SHA)
+
+
+def test_bad_sha_argument(cache: Path) -> None:
+    with pytest.raises(ValueError):
+        hub.resolve_file("w.pt", "http://127.0.0.1:9/w.pt", sha256="abc")
+
+
+def test_progress_only_on_a_tty(
+    server: Server, cache: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (server.root / "p.bin").write_bytes(PAYLOAD)
+    monkeypatch.setattr(hub, "_stderr_is_tty", lambda: True)
+    hub.resolve_file("p.bin", f"{server.url}/p.bin")
+    captured = capsys.readouterr()
+    assert "downloading p.bin" in captured.err and "100%" in captured.err
+    assert captured.out == ""
