@@ -46,3 +46,23 @@ def golden_dir(shared_dir: Path) -> Path:
 
 
 CLIPS = ("metro_station-paris", "music", "speech", "typing")
+
+
+@pytest.fixture(scope="session")
+def golden_logmel(golden_dir: Path):
+    """``{key: [1, 128, T, 1]}`` NHWC golden log-mel for every clip, 10 s and 2 s keys."""
+    import numpy as np
+
+    mels = {}
+    for clip in CLIPS:
+        for key in (clip, f"{clip}_2s"):
+            mels[key] = np.load(golden_dir / "clips" / f"{key}_logmel.npy")[:, 0, :, :, None]
+    return mels
+
+
+@pytest.fixture(scope="session")
+def golden_waveforms(golden_dir: Path):
+    """``{clip: float32 [N]}`` 32 kHz waveforms exactly as upstream inference loads them."""
+    import numpy as np
+
+    return {clip: np.load(golden_dir / "clips" / f"{clip}_wav32k.npy") for clip in CLIPS}

@@ -45,6 +45,16 @@ class AudioTagger(tf_keras.Model):
         outputs["scores"] = self.scores_from_logits(outputs["logits"])
         return outputs
 
+    def predict_function_for_waveforms(self) -> tf.types.experimental.PolymorphicFunction:
+        """A graph function for inference on ``[batch, samples]``; traced once for every batch size
+        and length (a Keras ``__call__`` in eager mode would run op by op)."""
+        if getattr(self, "_waveform_fn", None) is None:
+            self._waveform_fn = tf.function(
+                lambda waveform: self(waveform, training=False),
+                input_signature=[tf.TensorSpec([None, None], tf.float32, name="waveform")],
+            )
+        return self._waveform_fn
+
     def build_for_inference(self) -> "AudioTagger":
         self(tf.zeros([1, self.config.frontend.sample_rate]), training=False)
         return self

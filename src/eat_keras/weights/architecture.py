@@ -24,6 +24,8 @@ from eat_keras.models.config import ModelConfig
 # Width multipliers of every upstream release (NAME_TO_WIDTH) plus the ImageNet-only 0.6.
 KNOWN_WIDTHS = (0.1, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 2.0, 3.0, 4.0)
 AUDIOSET_CLASSES = 527
+# What the tensors of a weight file determine; everything else comes from presets or overrides.
+TENSOR_DETERMINED_FIELDS = ("arch", "width_mult", "head_type", "num_classes", "use_dy_blocks")
 _HOP_MS_TO_SAMPLES = 32  # upstream hop_N names are in milliseconds at 32 kHz
 
 

@@ -9,7 +9,11 @@ from typing import Any
 from eat_keras.errors import WeightFileError
 from eat_keras.models import AudioTagger, ModelConfig, build_tagger
 from eat_keras.weights import onnx_reader
-from eat_keras.weights.architecture import infer_config_from_state, resolve_config
+from eat_keras.weights.architecture import (
+    TENSOR_DETERMINED_FIELDS,
+    infer_config_from_state,
+    resolve_config,
+)
 from eat_keras.weights.mapping import assign_state_dict, strip_wrapper_prefix, weight_slots
 from eat_keras.weights.pt_reader import read_pt_state_dict
 
@@ -26,7 +30,7 @@ def _check_against_preset(config: ModelConfig, preset_config: ModelConfig | None
     """A preset's file must hold the architecture the preset promises."""
     if preset_config is None:
         return
-    for field in ("arch", "width_mult", "head_type", "num_classes"):
+    for field in TENSOR_DETERMINED_FIELDS:
         got, want = getattr(config, field), getattr(preset_config, field)
         if got != want:
             raise WeightFileError(f"{source}: file holds {field}={got!r}, the preset needs {want!r}")
@@ -40,8 +44,8 @@ def load_tagger_from_file(
 ) -> AudioTagger:
     """Infer the architecture from the file, build the Keras tagger and assign every weight.
 
-    ``overrides`` (ModelConfig fields, ``frontend`` as a dict) win over what is inferred; a preset's
-    config is passed whole as overrides plus ``preset_config`` so that a wrong file is refused.
+    ``overrides`` (ModelConfig fields, ``frontend`` as a dict) win over what is inferred. With
+    ``preset_config``, the architecture the file holds must be the preset's, or the file is refused.
     """
     path = Path(path)
     source = str(path)

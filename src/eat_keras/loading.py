@@ -1,0 +1,68 @@
+"""One entry point from a name or path to a ready tagger: ``load_tagger("mn04_as")``.
+
+``model`` may be a preset name, an upstream ``.pt``/``.onnx`` file or an eat-keras model folder.
+A preset's weights resolve from ``weights`` (explicit path), then ``$EAT_WEIGHTS_DIR``, then the user
+cache, then a download from the release URL with sha256 check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from eat_keras import hub, labels
+from eat_keras.errors import EatKerasError, WeightFileError
+from eat_keras.models import AudioTagger
+from eat_keras.models.saving import is_model_dir, load_tagger_dir
+from eat_keras.presets import get_preset
+from eat_keras.weights.architecture import AUDIOSET_CLASSES, TENSOR_DETERMINED_FIELDS
+from eat_keras.weights.loader import is_weight_file, load_tagger_from_file
+
+
+def default_class_names(num_classes: int, labels_file: str | Path | None = None) -> list[str]:
+    """Names for a head: an explicit label file, the AudioSet labels for 527 classes, else class_i."""
+    if labels_file is not None:
+        names = labels.read_label_csv(labels_file)
+    elif num_classes == AUDIOSET_CLASSES:
+        names = labels.audioset_labels()
+    else:
+        return [f"class_{i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise EatKerasError(
+            f"{labels_file or 'AudioSet labels'}: {len(names)} labels for a {num_classes}-class model"
+        )
+    return names
+
+
+def load_tagger(
+    model: str | Path,
+    weights: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    labels_file: str | Path | None = None,
+) -> AudioTagger:
+    path = Path(model)
+    if is_model_dir(path):
+        tagger = load_tagger_dir(path)
+    else:
+        if is_weight_file(path):
+            if not path.is_file():
+                raise WeightFileError(f"{path}: no such weight file")
+            tagger = load_tagger_from_file(path, overrides=overrides)
+        else:
+            preset = get_preset(str(model))
+            weight_path = hub.resolve_file(
+                preset.filename, preset.url, preset.sha256, explicit=weights
+            )
+            # the file decides the architecture (and is checked against the preset); the preset
+            # supplies what the tensors cannot tell: strides, front-end, label type, temperature
+            preset_fields = {
+                k: v for k, v in preset.config.to_dict().items() if k not in TENSOR_DETERMINED_FIELDS
+            }
+            preset_fields.update(overrides or {})
+            tagger = load_tagger_from_file(
+                weight_path, overrides=preset_fields, preset_config=preset.config
+            )
+    if tagger.class_names is None or labels_file is not None:
+        tagger.class_names = default_class_names(tagger.config.num_classes, labels_file)
+    return tagger

@@ -1,0 +1,80 @@
+"""The eat-keras model folder: ``eat_keras.json`` (config, class names, provenance) + TF checkpoint.
+
+It is what ``eat-keras convert`` writes and what ``--model DIR`` reads. A folder is written under
+a temporary name and renamed into place, so an interrupted write never leaves a half model under
+the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from eat_keras import __version__
+from eat_keras.errors import WeightFileError
+from eat_keras.models.config import ModelConfig
+from eat_keras.models.tagger import AudioTagger
+
+MANIFEST = "eat_keras.json"
+WEIGHTS_PREFIX = "weights"
+FORMAT_VERSION = 1
+
+
+def is_model_dir(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def save_tagger(tagger: AudioTagger, out_dir: str | Path, source: str | None = None) -> Path:
+    """Write ``tagger`` to ``out_dir`` (replaced atomically if it exists)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        manifest: dict[str, Any] = {
+            "format": FORMAT_VERSION,
+            "eat_keras_version": __version__,
+            "config": tagger.config.to_dict(),
+            "class_names": tagger.class_names,
+            "source": source,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        tagger.save_weights(str(staging / WEIGHTS_PREFIX))
+        if out_dir.exists():
+            # rename the old folder away first: os.replace cannot replace a non-empty directory
+            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            os.replace(out_dir, trash / "old")
+            os.replace(staging, out_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_manifest(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightFileError(f"{path}: unreadable model manifest: {exc}") from exc
+    if manifest.get("format") != FORMAT_VERSION:
+        raise WeightFileError(f"{path}: unsupported model folder format {manifest.get('format')!r}")
+    return manifest
+
+
+def load_tagger_dir(model_dir: str | Path) -> AudioTagger:
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    config = ModelConfig.from_dict(manifest["config"])
+    tagger = AudioTagger(config, class_names=manifest.get("class_names")).build_for_inference()
+    try:
+        tagger.load_weights(str(model_dir / WEIGHTS_PREFIX)).assert_existing_objects_matched()
+    except (ValueError, AssertionError, OSError) as exc:
+        raise WeightFileError(f"{model_dir}: weights do not match its eat_keras.json: {exc}") from exc
+    return tagger

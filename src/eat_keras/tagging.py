@@ -1,0 +1,93 @@
+"""Tag waveforms: whole clip in one pass (as upstream inference) or in fixed windows.
+
+Windows follow upstream ``windowed_inference``: starts every ``hop`` seconds, the last window
+zero-padded to full length; unlike upstream, a clip shorter than one window gives one window over
+the whole clip instead of none. Windows run through the model in batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from eat_keras.audio import check_min_length
+from eat_keras.models import AudioTagger
+
+MIN_SECONDS = 1.0  # the length range the models are validated for (1 s upward)
+
+
+@dataclasses.dataclass
+class LabelScore:
+    index: int
+    label: str
+    score: float
+
+
+@dataclasses.dataclass
+class WindowResult:
+    start: float  # seconds
+    end: float
+    top: list[LabelScore]
+    scores: np.ndarray  # all class scores of this window
+
+
+def prepare_waveform(waveform: np.ndarray, sample_rate: int, path: str | None, pad_short: bool) -> np.ndarray:
+    """Check the minimum length (or zero-pad to it when asked)."""
+    min_samples = int(MIN_SECONDS * sample_rate)
+    if len(waveform) < min_samples and pad_short:
+        return np.pad(waveform, (0, min_samples - len(waveform)))
+    check_min_length(waveform, min_samples, path, sample_rate)
+    return waveform
+
+
+def window_starts(num_samples: int, window: int, hop: int) -> list[int]:
+    if num_samples <= window:
+        return [0]
+    return [i * hop for i in range(math.ceil((num_samples - window) / hop) + 1)]
+
+
+def _batches(waveform: np.ndarray, starts: list[int], window: int, batch_size: int) -> Iterator[np.ndarray]:
+    for i in range(0, len(starts), batch_size):
+        chunk = starts[i : i + batch_size]
+        batch = np.zeros((len(chunk), window), np.float32)
+        for row, start in enumerate(chunk):
+            piece = waveform[start : start + window]
+            batch[row, : len(piece)] = piece
+        yield batch
+
+
+def top_labels(scores: np.ndarray, class_names: list[str], k: int) -> list[LabelScore]:
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [LabelScore(int(i), class_names[i], float(scores[i])) for i in order]
+
+
+def tag_waveform(
+    tagger: AudioTagger,
+    waveform: np.ndarray,
+    top_k: int = 10,
+    window_s: float | None = None,
+    hop_s: float | None = None,
+    batch_size: int = 8,
+) -> list[WindowResult]:
+    """Scores of ``waveform`` (mono, at the model's sample rate): one result, or one per window."""
+    sr = tagger.config.frontend.sample_rate
+    names = tagger.class_names or [f"class_{i}" for i in range(tagger.config.num_classes)]
+    predict = tagger.predict_function_for_waveforms()
+    if window_s is None:
+        scores = predict(tf.constant(waveform[np.newaxis], tf.float32))["scores"].numpy()[0]
+        return [WindowResult(0.0, len(waveform) / sr, top_labels(scores, names, top_k), scores)]
+    window = int(window_s * sr)
+    hop = int((hop_s or window_s) * sr)
+    window = min(window, len(waveform))
+    starts = window_starts(len(waveform), window, hop)
+    results = []
+    for batch_start, batch in zip(range(0, len(starts), batch_size), _batches(waveform, starts, window, batch_size)):
+        scores = predict(tf.constant(batch))["scores"].numpy()
+        for row, s in enumerate(scores):
+            start = starts[batch_start + row]
+            results.append(WindowResult(start / sr, (start + window) / sr, top_labels(s, names, top_k), s))
+    return results

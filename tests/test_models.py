@@ -1,0 +1,153 @@
+"""MN architecture: channel tables, shapes for any batch/length, layer configs, presets' sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from eat_keras.layers import ConvBNAct, SqueezeExcitation
+from eat_keras.models import EfficientATNet, ModelConfig, build_tagger, count_parameters
+from eat_keras.models.blocks import InvertedResidual, block_specs, last_channels, make_divisible
+from eat_keras.models.heads import AttentionPoolingHead, FullyConvolutionalHead, MLPHead
+from eat_keras.presets import PRESETS, get_preset
+from eat_keras.errors import UnknownPresetError
+
+# spec §2.8, mn04: (in, k, exp, out, squeeze or 0, stride, residual)
+MN04_TABLE = [
+    (8, 3, 8, 8, 0, 1, True), (8, 3, 24, 16, 0, 2, False), (16, 3, 32, 16, 0, 1, True),
+    (16, 5, 32, 16, 8, 2, False), (16, 5, 48, 16, 16, 1, True), (16, 5, 48, 16, 16, 1, True),
+    (16, 3, 96, 32, 0, 2, False), (32, 3, 80, 32, 0, 1, True), (32, 3, 72, 32, 0, 1, True),
+    (32, 3, 72, 32, 0, 1, True), (32, 3, 192, 48, 48, 1, False), (48, 3, 272, 48, 72, 1, True),
+    (48, 5, 272, 64, 72, 2, False), (64, 5, 384, 64, 96, 1, True), (64, 5, 384, 64, 96, 1, True),
+]
+
+
+@pytest.mark.parametrize("value,expected", [(6.4, 8), (28.8, 32), (268.8, 272), (73.6, 72), (80, 80), (512, 512)])
+def test_make_divisible(value, expected):
+    assert make_divisible(value, 8) == expected
+
+
+def test_mn04_block_table():
+    specs = block_specs(0.4)
+    got = [
+        (s.in_channels, s.kernel_size, s.expanded_channels, s.out_channels,
+         s.squeeze_channels if s.use_se else 0, s.stride, s.use_residual)
+        for s in specs
+    ]
+    assert got == MN04_TABLE
+    assert last_channels(0.4) == 512 and last_channels(1.0) == 1280 and last_channels(2.0) == 2560
+
+
+@pytest.fixture(scope="module")
+def mn04_random():
+    return build_tagger(ModelConfig(width_mult=0.4))
+
+
+@pytest.mark.parametrize("batch,samples,frames", [(1, 320000, 32), (3, 64000, 7), (2, 32000, 4), (1, 47000, 5)])
+def test_any_batch_and_length(mn04_random, batch, samples, frames):
+    wav = np.random.default_rng(batch).standard_normal([batch, samples]).astype(np.float32) * 0.1
+    out = mn04_random.predict_function_for_waveforms()(wav)
+    assert out["logits"].shape == (batch, 527)
+    assert out["embedding"].shape == (batch, 384)
+    assert out["frame_logits"].shape == (batch, frames, 527)
+    np.testing.assert_allclose(out["scores"], tf.math.sigmoid(out["logits"]), atol=1e-7)
+    # batch elements are independent (no leakage across the batch)
+    single = mn04_random.predict_function_for_waveforms()(wav[-1:])
+    np.testing.assert_allclose(out["logits"][-1:], single["logits"], atol=2e-5)
+
+
+def test_feature_map_shapes_follow_strides():
+    for strides, shape in [((2, 2, 2, 2), (4, 32)), ((2, 2, 1, 1), (16, 125)), ((2, 2, 2, 1), (8, 63))]:
+        net = EfficientATNet(ModelConfig(width_mult=0.1, strides=strides))
+        fmap = net.forward_features(tf.zeros([1, 128, 1000, 1]))
+        assert tuple(fmap.shape[1:3]) == shape
+
+
+def test_fully_convolutional_frame_logits_pool_to_clip_logits():
+    net = EfficientATNet(ModelConfig(width_mult=0.1, head_type="fully_convolutional"))
+    out = net(tf.random.normal([2, 128, 300, 1]))
+    np.testing.assert_allclose(tf.reduce_mean(out["frame_logits"], axis=1), out["logits"], atol=1e-5)
+
+
+def test_attention_pooling_head_runs():
+    net = EfficientATNet(ModelConfig(width_mult=0.1, head_type="attention_pooling", num_classes=10))
+    out = net(tf.random.normal([2, 128, 200, 1]))
+    assert out["logits"].shape == (2, 10) and out["frame_logits"].shape == (2, 7, 10)
+
+
+def test_single_label_scores_are_softmax():
+    tagger = build_tagger(ModelConfig(width_mult=0.1, num_classes=5, label_type="single_label"))
+    out = tagger(np.zeros([2, 32000], np.float32))
+    np.testing.assert_allclose(tf.reduce_sum(out["scores"], axis=-1), 1.0, atol=1e-6)
+
+
+def test_reset_classifier():
+    net = EfficientATNet(ModelConfig(width_mult=0.1)).build_for_inference()
+    before = net.forward_features(tf.zeros([1, 128, 100, 1]))
+    net.reset_classifier(20)
+    out = net(tf.zeros([1, 128, 100, 1]))
+    assert out["logits"].shape == (1, 20) and net.config.num_classes == 20
+    np.testing.assert_array_equal(net.forward_features(tf.zeros([1, 128, 100, 1])), before)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        ConvBNAct(16, 5, strides=2, depthwise=True, activation="hardswish", name="c"),
+        SqueezeExcitation(32, 8, name="se"),
+        InvertedResidual(block_specs(0.4)[4], name="b"),
+        MLPHead(64, 7, name="h1"),
+        FullyConvolutionalHead(7, name="h2"),
+        AttentionPoolingHead(7, name="h3"),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_layer_get_config_round_trip(layer):
+    x = tf.random.normal([2, 16, 20, 32 if not isinstance(layer, (ConvBNAct, InvertedResidual)) else 16])
+    y = layer(x)
+    clone = type(layer).from_config(layer.get_config())
+    clone(x)
+    clone.set_weights(layer.get_weights())
+    for a, b in zip(tf.nest.flatten(y), tf.nest.flatten(clone(x))):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_network_get_config_round_trip():
+    net = EfficientATNet(ModelConfig(width_mult=0.2, strides=(2, 2, 1, 1)))
+    clone = tf_keras.utils.deserialize_keras_object(tf_keras.utils.serialize_keras_object(net))
+    assert clone.config == net.config
+
+
+def test_unknown_preset_names_alternatives():
+    with pytest.raises(UnknownPresetError, match="mn04_as"):
+        get_preset("mn04_ass")
+
+
+# exact counts the spec verified by instantiating upstream (sum of p.numel())
+EXACT_COUNTS = {"mn04_as": 983_599}
+
+
+@pytest.mark.slow
+def test_every_preset_builds_with_published_parameter_count():
+    checked = 0
+    for name, preset in PRESETS.items():
+        tf_keras.backend.clear_session()
+        tagger = build_tagger(preset.config)
+        count = count_parameters(tagger.net)
+        if name in EXACT_COUNTS:
+            assert count == EXACT_COUNTS[name]
+        published = preset.published_params_m
+        if published is not None:
+            # README prints millions with 2-3 decimals (truncating mn04's 0.983599): ±1 last digit
+            decimals = len(repr(published).split(".")[1])
+            assert abs(count / 1e6 - published) <= 10.0 ** -decimals, (name, count, published)
+            checked += 1
+        else:
+            assert name == "mn06_im", f"{name} has no published parameter count"
+        c = preset.config.frontend
+        out = tagger(np.zeros([1, 32000], np.float32))
+        assert out["logits"].shape == (1, preset.config.num_classes)
+        assert tagger.frontend.config == c
+    assert checked == len(PRESETS) - 1
