@@ -43,12 +43,15 @@ def _parse_text(stdout: str) -> list[tuple[str, float]]:
 
 
 @pytest.mark.slow
-def test_quick_start_command(golden_dir, label_cache):
+@pytest.mark.parametrize("labels_from", ["user cache", "EAT_LABELS (README quick start)"])
+def test_quick_start_command(golden_dir, label_cache, labels_from):
     """EAT_WEIGHTS_DIR=../shared/weights eat-keras tag ../shared/audio/metro_station-paris.wav --model mn04_as"""
-    result = _run(
-        ["tag", "../shared/audio/metro_station-paris.wav", "--model", "mn04_as"],
-        {"EAT_WEIGHTS_DIR": "../shared/weights", "EAT_CACHE_DIR": str(label_cache)},
-    )
+    env = {"EAT_WEIGHTS_DIR": "../shared/weights"}
+    if labels_from == "user cache":
+        env["EAT_CACHE_DIR"] = str(label_cache)
+    else:
+        env["EAT_LABELS"] = "../shared/golden/class_labels_indices.csv"
+    result = _run(["tag", "../shared/audio/metro_station-paris.wav", "--model", "mn04_as"], env)
     assert result.returncode == 0, result.stderr
     rows = _parse_text(result.stdout)
     golden = json.loads((golden_dir / "mn04_as" / "top10.json").read_text())["metro_station-paris"]
