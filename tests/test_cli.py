@@ -130,3 +130,39 @@ def test_cli_argument_errors():
     assert main(["tag", "x.wav", "--model", "no_such_model"]) == 2
     with pytest.raises(SystemExit):
         main(["convert", "mn04_as", "--strides", "2233"])
+
+
+def _code_running_checkpoint(path: Path, marker: Path) -> Path:
+    """A torch-layout zip whose data.pkl calls os.system(touch marker) when unpickled."""
+    import pickle
+    import zipfile
+
+    class RunsCommand:
+        def __reduce__(self):
+            return (os.system, (f"touch '{marker}'",))
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"w": RunsCommand()}, protocol=2))
+        archive.writestr("archive/version", "3\n")
+    return path
+
+
+def test_convert_refuses_code_in_pickle(tmp_path, capsys):
+    from eat_keras.cli import main
+
+    marker = tmp_path / "pwned"
+    evil = _code_running_checkpoint(tmp_path / "evil.pt", marker)
+    assert main(["convert", str(evil), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "would run code" in err[0] and "os.system" in err[0]
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_tag_refuses_weights_of_another_architecture(tmp_path, capsys, golden_dir, shared_dir):
+    from eat_keras.cli import main
+
+    fc = golden_dir / "mn04_fc_s2211_synth" / "state_dict.pt"
+    audio = str(shared_dir / "audio" / "typing.wav")
+    assert main(["tag", audio, "--model", "mn04_as", "--weights", str(fc)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "head_type='fully_convolutional', the preset needs 'mlp'" in err[0]
