@@ -80,6 +80,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from eat_keras.export.saved_model import export_saved_model
+    from eat_keras.loading import load_tagger
+
+    tagger = load_tagger(args.model, args.weights, _overrides(args), args.labels)
+    name = args.name or _model_name(args.model)
+    if "saved_model" in args.format:
+        path = export_saved_model(tagger, args.out, name, args.version)
+        print(f"wrote SavedModel {path}")
+    return 0
+
+
 def _format_text(path: str, results: list, windowed: bool) -> str:
     lines = [path]
     for r in results:
@@ -158,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="folder name (default: preset name or file stem)")
     _add_model_flags(p)
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export", help="write deployable artifacts (SavedModel for TF apps and TF Serving)")
+    p.add_argument("model", help="preset name, .pt/.onnx file, or eat-keras model folder")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="parent folder (default: saved_models/)")
+    p.add_argument("--name", help="model name (default: preset name, file stem or folder name)")
+    p.add_argument("--format", nargs="+", choices=("saved_model",), default=["saved_model"])
+    p.add_argument("--version", type=int, help="SavedModel version folder (default: next free integer)")
+    _add_model_flags(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("tag", help="print the top labels of audio files")
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg; any sample rate; mixed to mono)")

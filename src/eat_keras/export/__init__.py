@@ -1,0 +1,1 @@
+"""Deployable artifacts: SavedModel (TF apps, TF Serving) and TFLite (LiteRT, MediaPipe)."""

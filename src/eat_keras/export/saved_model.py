@@ -1,0 +1,142 @@
+"""SavedModel export: one folder that ``tf.saved_model.load`` and TF Serving use as it is.
+
+The exported ``tf.Module`` holds the front-end and the network, so a TF app feeds waveforms and gets
+labelled scores with TensorFlow alone (no eat-keras, no PyTorch). Signatures:
+
+- ``serving_default``: ``waveform`` float32 [batch, samples] at ``sample_rate`` → ``scores``
+  (sigmoid or softmax by label type), ``logits``, ``embedding``;
+- ``log_mel``: ``waveform`` → ``log_mel`` [batch, n_mels, frames] (the upstream features);
+- ``from_log_mel``: ``log_mel`` [batch, n_mels, frames] → ``scores``, ``logits``, ``embedding``
+  (for users who compute the features elsewhere);
+- ``frame_scores``: ``waveform`` → ``frame_scores`` [batch, frames', classes] with ``frame_start``
+  and ``frame_end`` [frames'] in seconds.
+
+Class names travel as an asset (``assets/labels.txt``) and as the callable ``class_names()``;
+``sample_rate``, ``model_name``, ``label_type``, ``eat_keras_version`` and ``config_json`` are
+variables readable from the loaded object. The folder is written as ``<out>/<name>/<version>/``
+under a temporary name and renamed into place, so TF Serving never sees a half-written version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import tensorflow as tf
+
+from eat_keras import __version__
+from eat_keras.models import AudioTagger
+
+LABELS_ASSET = "labels.txt"
+
+
+def time_downsampling(tagger: AudioTagger) -> int:
+    """Input frames per output frame: the stem's 2 times the four stage strides."""
+    factor = 2
+    for stride in tagger.config.strides:
+        factor *= stride
+    return factor
+
+
+class ExportedTagger(tf.Module):
+    """The exported object; every public callable is a tf.function over core TF ops only."""
+
+    def __init__(self, tagger: AudioTagger, name: str, labels_file: Path) -> None:
+        super().__init__(name="eat_keras_tagger")
+        config = tagger.config
+        # Track only the variables: saving the Keras object itself would also serialise a traced
+        # call function per layer (slower export, larger file) that no consumer needs.
+        self.__dict__["_tagger"] = tagger
+        self.model_variables = list(tagger.variables)
+        self._class_names_constant = list(tagger.class_names or [])
+        self.labels_asset = tf.saved_model.Asset(str(labels_file))
+        self.sample_rate = tf.Variable(config.frontend.sample_rate, trainable=False, name="sample_rate")
+        self.model_name = tf.Variable(name, trainable=False, name="model_name")
+        self.label_type = tf.Variable(config.label_type, trainable=False, name="label_type")
+        self.eat_keras_version = tf.Variable(__version__, trainable=False, name="eat_keras_version")
+        self.config_json = tf.Variable(json.dumps(config.to_dict()), trainable=False, name="config_json")
+        frames_per_output = time_downsampling(tagger)
+        self._seconds_per_output_frame = frames_per_output * config.frontend.hop_length / config.frontend.sample_rate
+        n_mels = config.frontend.n_mels
+
+        waveform_spec = tf.TensorSpec([None, None], tf.float32, name="waveform")
+        log_mel_spec = tf.TensorSpec([None, n_mels, None], tf.float32, name="log_mel")
+        self.serve = tf.function(self._serve, input_signature=[waveform_spec])
+        self.log_mel = tf.function(self._log_mel, input_signature=[waveform_spec])
+        self.from_log_mel = tf.function(self._from_log_mel, input_signature=[log_mel_spec])
+        self.frame_scores = tf.function(self._frame_scores, input_signature=[waveform_spec])
+        self.class_names = tf.function(self._class_names, input_signature=[])
+
+    def _outputs(self, net_out: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return {
+            "scores": self._tagger.scores_from_logits(net_out["logits"]),
+            "logits": net_out["logits"],
+            "embedding": net_out["embedding"],
+        }
+
+    def _serve(self, waveform: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._outputs(self._tagger.net(self._tagger.frontend(waveform, training=False), training=False))
+
+    def _log_mel(self, waveform: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"log_mel": self._tagger.frontend(waveform, training=False)[..., 0]}
+
+    def _from_log_mel(self, log_mel: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._outputs(self._tagger.net(log_mel[..., tf.newaxis], training=False))
+
+    def _frame_scores(self, waveform: tf.Tensor) -> dict[str, tf.Tensor]:
+        out = self._tagger.net(self._tagger.frontend(waveform, training=False), training=False)
+        frame_logits = out["frame_logits"]
+        step = self._seconds_per_output_frame
+        starts = tf.cast(tf.range(tf.shape(frame_logits)[1]), tf.float32) * step
+        return {
+            "frame_scores": self._tagger.scores_from_logits(frame_logits),
+            "frame_start": starts,
+            "frame_end": starts + step,
+        }
+
+    def _class_names(self) -> tf.Tensor:
+        return tf.constant(self._class_names_constant, tf.string)
+
+
+def _next_version(model_root: Path) -> int:
+    versions = [int(p.name) for p in model_root.glob("*") if p.is_dir() and re.fullmatch(r"\d+", p.name)]
+    return max(versions, default=0) + 1
+
+
+def export_saved_model(
+    tagger: AudioTagger, out_dir: str | Path, name: str, version: int | None = None
+) -> Path:
+    """Write ``<out_dir>/<name>/<version>/`` and return its path (version: next free integer)."""
+    if not tagger.class_names:
+        raise ValueError("the tagger needs class names to be exported")
+    model_root = Path(out_dir) / name
+    model_root.mkdir(parents=True, exist_ok=True)
+    version = _next_version(model_root) if version is None else version
+    final = model_root / str(version)
+    if final.exists():
+        raise FileExistsError(f"{final} exists; choose another --version")
+    # dot-prefixed: TF Serving only loads numeric folder names, so it never sees the staging one
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial.", dir=model_root))
+    try:
+        labels_file = staging / LABELS_ASSET
+        labels_file.write_text("".join(f"{label}\n" for label in tagger.class_names))
+        module = ExportedTagger(tagger, name, labels_file)
+        export_dir = staging / "model"
+        tf.saved_model.save(
+            module,
+            str(export_dir),
+            signatures={
+                "serving_default": module.serve,
+                "log_mel": module.log_mel,
+                "from_log_mel": module.from_log_mel,
+                "frame_scores": module.frame_scores,
+            },
+        )
+        os.replace(export_dir, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
