@@ -1,0 +1,251 @@
+"""Fine-tuning losses against independent NumPy (float64) implementations of their formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from eat_keras.train.losses import (
+    CombinedLoss,
+    class_balanced_loss,
+    class_balanced_weights,
+    cross_entropy,
+    supervised_contrastive_loss,
+)
+
+# The seed recipe's hard-coded class counts (spec §7.2).
+SEED_COUNTS = [13062, 8153, 7422, 13569, 5702, 10557, 4572, 3450, 8384, 6772,
+               5310, 6418, 3875, 2881, 4093, 4570, 2666, 3152, 2715, 8343]  # fmt: skip
+
+
+# --- NumPy references ------------------------------------------------------------------------
+
+
+def _np_log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _np_sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _np_cb_softmax(y: np.ndarray, z: np.ndarray, w: np.ndarray, gamma: float) -> float:
+    log_p = _np_log_softmax(z)
+    p = np.exp(log_p)
+    return float(np.mean(np.sum(y * w * (1.0 - p) ** gamma * -log_p, axis=1)))
+
+
+def _np_cb_sigmoid_hard(y: np.ndarray, z: np.ndarray, w: np.ndarray, gamma: float) -> float:
+    """Textbook focal BCE for 0/1 labels: (1 - p_t)^γ · (−log p_t), weighted by w of the label."""
+    p = _np_sigmoid(z)
+    p_t = np.where(y == 1, p, 1.0 - p)
+    focal = (1.0 - p_t) ** gamma * -np.log(p_t)
+    return float(np.mean((y @ w) * focal.sum(axis=1)))
+
+
+def _np_cb_sigmoid_soft(y: np.ndarray, z: np.ndarray, w: np.ndarray, gamma: float) -> float:
+    """Cui et al.'s reference code: modulator exp(−γ y z − γ log(1 + e^{−z})) on BCE."""
+    bce = -(y * np.log(_np_sigmoid(z)) + (1 - y) * np.log(1 - _np_sigmoid(z)))
+    modulator = np.exp(-gamma * y * z - gamma * np.log1p(np.exp(-z)))
+    return float(np.mean((y @ w) * (modulator * bce).sum(axis=1)))
+
+
+def _np_supcon(f: np.ndarray, labels: np.ndarray, tau: float) -> float:
+    """The seed's SupConLoss, literally (no stabilisation), in float64."""
+    f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    s = f @ f.T / tau
+    b = len(labels)
+    not_self = 1.0 - np.eye(b)
+    pos = (labels[:, None] == labels[None, :]).astype(np.float64) * not_self
+    log_prob = s - np.log((np.exp(s) * not_self).sum(axis=1, keepdims=True) + 1e-12)
+    per_anchor = (pos * log_prob).sum(axis=1) / (pos.sum(axis=1) + 1e-12)
+    return float(-per_anchor.mean())
+
+
+@pytest.fixture
+def case() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    b, c = 6, 4
+    labels = np.array([0, 1, 2, 3, 1, 0])
+    soft = rng.dirichlet(np.ones(c), size=b)
+    return {
+        "logits": (rng.normal(size=(b, c)) * 3).astype(np.float32),
+        "onehot": np.eye(c)[labels],
+        "labels": labels,
+        "soft": soft,
+        "weights": rng.uniform(0.3, 2.0, size=c),
+    }
+
+
+def _close(a: tf.Tensor | float, b: float, tol: float = 2e-5) -> None:
+    assert float(a) == pytest.approx(b, rel=tol, abs=tol)
+
+
+# --- class-balanced weights ------------------------------------------------------------------
+
+
+def test_class_balanced_weights_of_the_seed_counts() -> None:
+    w = class_balanced_weights(SEED_COUNTS, beta=0.9999)
+    assert w.shape == (20,) and w.dtype == np.float32
+    assert float(w.sum()) == pytest.approx(20.0, rel=1e-6)
+    assert float(w.min()) == pytest.approx(0.523, abs=5e-4) and int(np.argmin(w)) == 3  # n = 13569
+    assert float(w.max()) == pytest.approx(1.660, abs=5e-4) and int(np.argmax(w)) == 16  # n = 2666
+    n = np.asarray(SEED_COUNTS, np.float64)
+    reference = (1 - 0.9999) / (1 - 0.9999**n)
+    np.testing.assert_allclose(w, reference / reference.sum() * 20, rtol=1e-6)
+
+
+def test_class_balanced_weights_limits_and_errors() -> None:
+    np.testing.assert_array_equal(class_balanced_weights([5, 50, 500], beta=0.0), np.ones(3))
+    np.testing.assert_allclose(class_balanced_weights([7, 7, 7]), np.ones(3), rtol=1e-6)
+    with pytest.raises(ValueError, match="at least one"):
+        class_balanced_weights([3, 0, 2])
+    with pytest.raises(ValueError, match="beta"):
+        class_balanced_weights([3, 2], beta=1.0)
+
+
+# --- cross-entropy and class-balanced loss ---------------------------------------------------
+
+
+@pytest.mark.parametrize("targets", ["onehot", "soft"])
+@pytest.mark.parametrize("gamma", [0.0, 2.0, 0.5])
+def test_cb_softmax_matches_numpy(case: dict, targets: str, gamma: float) -> None:
+    y, z, w = case[targets], case["logits"], case["weights"]
+    expected = _np_cb_softmax(y, z.astype(np.float64), w, gamma)
+    _close(class_balanced_loss(y, z, w, gamma=gamma), expected)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_cb_sigmoid_matches_textbook_focal_bce_on_hard_labels(case: dict, gamma: float) -> None:
+    y, z, w = case["onehot"], case["logits"].astype(np.float64), case["weights"]
+    loss = class_balanced_loss(y, case["logits"], w, gamma=gamma, form="sigmoid")
+    _close(loss, _np_cb_sigmoid_hard(y, z, w, gamma))
+
+
+def test_cb_sigmoid_soft_targets_match_cui_reference(case: dict) -> None:
+    y, z, w = case["soft"], case["logits"], case["weights"]
+    loss = class_balanced_loss(y, z, w, gamma=2.0, form="sigmoid")
+    _close(loss, _np_cb_sigmoid_soft(y, z.astype(np.float64), w, 2.0))
+
+
+def test_cb_softmax_is_the_seeds_weighted_ce_on_one_hot(case: dict) -> None:
+    z, w, labels = case["logits"].astype(np.float64), case["weights"], case["labels"]
+    seed = np.mean(w[labels] * -_np_log_softmax(z)[np.arange(len(labels)), labels])
+    _close(class_balanced_loss(case["onehot"], case["logits"], w), seed)
+
+
+@pytest.mark.parametrize("form", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("targets", ["onehot", "soft"])
+def test_cb_with_equal_weights_and_no_focus_is_plain_ce(
+    case: dict, form: str, targets: str
+) -> None:
+    y, z = case[targets], case["logits"]
+    ones = np.ones(z.shape[1])
+    loss = class_balanced_loss(y, z, ones, gamma=0.0, form=form)
+    _close(loss, float(cross_entropy(y, z, form)), 1e-6)
+
+
+def test_cross_entropy_matches_numpy(case: dict) -> None:
+    y, z = case["soft"], case["logits"].astype(np.float64)
+    _close(cross_entropy(y, case["logits"]), float(np.mean(-(y * _np_log_softmax(z)).sum(axis=1))))
+    bce = -(y * np.log(_np_sigmoid(z)) + (1 - y) * np.log(1 - _np_sigmoid(z)))
+    _close(cross_entropy(y, case["logits"], "sigmoid"), float(bce.sum(axis=1).mean()))
+
+
+def test_cb_of_mixed_targets_is_the_mix_of_losses(case: dict) -> None:
+    """Upstream mixup computes λ·L(y) + (1−λ)·L(y[perm]); mixed soft targets give the same loss."""
+    y, z, w = case["onehot"], case["logits"], case["weights"]
+    lam = np.array([0.5, 0.9, 0.7, 1.0, 0.6, 0.8])[:, None]
+    perm = np.array([3, 2, 1, 0, 5, 4])
+    mixed = class_balanced_loss(lam * y + (1 - lam) * y[perm], z, w, gamma=2.0)
+
+    def one(target_row: int, logit_row: int) -> float:
+        rows = slice(logit_row, logit_row + 1)
+        return float(class_balanced_loss(y[target_row : target_row + 1], z[rows], w, gamma=2.0))
+
+    per_sample = [lam[i, 0] * one(i, i) + (1 - lam[i, 0]) * one(perm[i], i) for i in range(len(y))]
+    _close(mixed, float(np.mean(per_sample)))
+
+
+def test_focal_gradient_is_finite_for_saturated_logits() -> None:
+    logits = tf.constant([[40.0, -40.0, 0.0]])
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        loss = class_balanced_loss(tf.constant([[1.0, 0.0, 0.0]]), logits, np.ones(3), gamma=0.5)
+    assert np.isfinite(tape.gradient(loss, logits).numpy()).all()
+
+
+def test_float16_logits_are_accepted(case: dict) -> None:
+    y, z, w = case["onehot"], case["logits"], case["weights"]
+    loss = class_balanced_loss(y, tf.constant(z, tf.float16), w)
+    assert loss.dtype == tf.float32
+    _close(loss, _np_cb_softmax(y, z.astype(np.float16).astype(np.float64), w, 0.0), 1e-4)
+
+
+# --- supervised contrastive ------------------------------------------------------------------
+
+
+def test_supcon_matches_the_seed_formula_with_an_anchor_without_positives() -> None:
+    rng = np.random.default_rng(3)
+    f = rng.normal(size=(7, 16)).astype(np.float32)
+    labels = np.array([0, 0, 1, 1, 1, 2, 3])  # anchors 5 and 6 have no positives
+    expected = _np_supcon(f.astype(np.float64), labels, 0.07)
+    _close(supervised_contrastive_loss(f, labels), expected, 1e-5)
+
+
+def test_supcon_anchors_without_positives_count_as_zero() -> None:
+    rng = np.random.default_rng(4)
+    f = rng.normal(size=(4, 8)).astype(np.float32)
+    paired = supervised_contrastive_loss(f[:2], np.array([0, 0]))
+    alone = supervised_contrastive_loss(f, np.array([0, 0, 1, 2]))
+    assert float(supervised_contrastive_loss(f, np.array([0, 1, 2, 3]))) == 0.0
+    # Anchors 2 and 3 add nothing but halve the mean; denominators also see the two extra samples.
+    _close(alone, _np_supcon(f.astype(np.float64), np.array([0, 0, 1, 2]), 0.07), 1e-5)
+    assert float(alone) != pytest.approx(float(paired))
+
+
+def test_supcon_is_stable_for_a_small_temperature() -> None:
+    """1/τ = 200: the seed's exp(S) overflows float32, the stable form matches float64 NumPy."""
+    rng = np.random.default_rng(5)
+    f = rng.normal(size=(6, 8)).astype(np.float32)
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    value = supervised_contrastive_loss(f, labels, temperature=0.005)
+    assert np.isfinite(float(value))
+    _close(value, _np_supcon(f.astype(np.float64), labels, 0.005), 1e-4)
+
+
+@pytest.mark.parametrize("labels", [[0], [0, 1, 2]])
+def test_supcon_gradient_is_finite_without_positives(labels: list[int]) -> None:
+    f = tf.constant(np.random.default_rng(6).normal(size=(len(labels), 5)), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(f)
+        loss = supervised_contrastive_loss(f, tf.constant(labels))
+    assert float(loss) == 0.0 and np.isfinite(tape.gradient(loss, f).numpy()).all()
+
+
+# --- combined --------------------------------------------------------------------------------
+
+
+def test_combined_loss_default_is_the_seed_recipe(case: dict) -> None:
+    emb = np.random.default_rng(8).normal(size=(6, 12)).astype(np.float32)
+    loss = CombinedLoss(case["weights"])
+    total, terms = tf.function(loss)(case["onehot"], case["logits"], emb)
+    assert set(terms) == {"cb", "supcon"}
+    z64 = case["logits"].astype(np.float64)
+    _close(terms["cb"], _np_cb_softmax(case["onehot"], z64, case["weights"], 0.0))
+    _close(terms["supcon"], _np_supcon(emb.astype(np.float64), case["labels"], 0.07), 1e-5)
+    _close(total, 0.8 * float(terms["cb"]) + 0.2 * float(terms["supcon"]), 1e-6)
+
+
+def test_combined_loss_validates_its_terms(case: dict) -> None:
+    with pytest.raises(ValueError, match="among"):
+        CombinedLoss(case["weights"], {"cb": 1.0, "focal": 1.0})
+    with pytest.raises(ValueError, match="class_weights"):
+        CombinedLoss(None)
+    with pytest.raises(ValueError, match="embeddings"):
+        CombinedLoss(case["weights"])(case["onehot"], case["logits"])
+    total, terms = CombinedLoss(terms={"ce": 1.0})(case["onehot"], case["logits"])
+    _close(total, float(cross_entropy(case["onehot"], case["logits"])), 1e-6)
+    assert list(terms) == ["ce"]
