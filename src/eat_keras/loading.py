@@ -40,7 +40,9 @@ def load_tagger(
     weights: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     labels_file: str | Path | None = None,
+    with_class_names: bool = True,
 ) -> AudioTagger:
+    """``with_class_names=False`` skips resolving label files (e.g. a backbone for fine-tuning)."""
     path = Path(model)
     if is_model_dir(path):
         tagger = load_tagger_dir(path)
@@ -63,6 +65,6 @@ def load_tagger(
             tagger = load_tagger_from_file(
                 weight_path, overrides=preset_fields, preset_config=preset.config
             )
-    if tagger.class_names is None or labels_file is not None:
+    if with_class_names and (tagger.class_names is None or labels_file is not None):
         tagger.class_names = default_class_names(tagger.config.num_classes, labels_file)
     return tagger

@@ -1,0 +1,403 @@
+"""Fine-tuning: a pretrained MN/DyMN backbone, a new head, the seed's loss recipe, resumable runs.
+
+One run lives in one output folder:
+
+- ``finetune.json``: the configuration; a second start with a different one is refused;
+- ``split.csv`` / ``split_report.txt``: every file's side and per-class counts (leak-checked);
+- ``checkpoints/``: model, optimizers, RNG and early-stopping state after each epoch. Starting the
+  same command again after a kill resumes from the last one and loses at most the epoch in flight;
+- ``log.csv`` (and ``tensorboard/`` when asked): per-epoch loss terms, learning rate, validation
+  accuracy, macro-F1 and loss;
+- ``best/``: the eat-keras model folder of the best epoch by the monitored validation metric, with
+  the class names: ``eat-keras export`` / ``tag`` / ``evaluate`` take it as it is.
+
+Training runs under a ``tf.distribute`` strategy (the default one on a single device), so the same
+code trains on several GPUs (``MirroredStrategy``) or workers (``MultiWorkerMirroredStrategy`` with
+``TF_CONFIG``); the global batch is split across replicas and losses are averaged over it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from eat_keras.errors import EatKerasError
+from eat_keras.frontend import FrontendConfig
+from eat_keras.loading import load_tagger
+from eat_keras.models import AudioTagger, build_tagger
+from eat_keras.models.saving import save_tagger
+from eat_keras.train import augment
+from eat_keras.train.data import (
+    AudioCache,
+    Example,
+    average_per_file,
+    check_no_leakage,
+    class_counts,
+    class_names_of,
+    make_dataset,
+    split_examples,
+    split_report,
+)
+from eat_keras.train.losses import CombinedLoss, class_balanced_weights, cross_entropy
+from eat_keras.train.metrics import ClassificationReport, classification_report
+
+MONITORS = {"val_accuracy": max, "val_macro_f1": max, "val_loss": min}
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """Every choice of a fine-tuning run (saved as ``finetune.json``)."""
+
+    model: str = "mn04_as"  # preset, .pt/.onnx, or model folder to start from
+    weights: str | None = None
+    clip_seconds: float = 2.0  # the seed's clip length
+    batch_size: int = 32
+    epochs: int = 30
+    learning_rate: float = 6e-5
+    # upstream schedule: exponential warm-up, then linear decay to last_lr_factor (per epoch)
+    warmup_epochs: int = 10
+    rampdown_start: int = 10
+    rampdown_epochs: int = 65
+    last_lr_factor: float = 0.01
+    loss_terms: dict[str, float] = dataclasses.field(default_factory=lambda: {"cb": 0.8, "supcon": 0.2})
+    cb_beta: float = 0.9999
+    focal_gamma: float = 0.0
+    supcon_temperature: float = 0.07
+    label_type: str = "single_label"
+    mixup_alpha: float = 0.3  # 0 disables
+    gain_db: int = 12  # random gain in [-gain_db, gain_db) dB; 0 disables
+    roll_samples: int = 4000  # random circular time shift; 0 disables
+    freqm: int = 0  # SpecAugment widths of the front-end (upstream default: off)
+    timem: int = 0
+    freeze_backbone_epochs: int = 0  # train only the new head for the first epochs
+    layer_decay: float = 1.0  # learning-rate factor per depth level, head = 1 (1.0: off)
+    freeze_batchnorm: bool = False  # BN layers run on their stored statistics and stay fixed
+    val_fraction: float = 0.1
+    test_fraction: float = 0.0
+    val_folds: list[str] | None = None
+    test_folds: list[str] | None = None
+    seed: int = 0
+    monitor: str = "val_macro_f1"
+    patience: int = 10  # early stopping: epochs without improvement
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        if self.monitor not in MONITORS:
+            raise EatKerasError(f"monitor must be one of {sorted(MONITORS)}, got {self.monitor!r}")
+        if self.label_type not in ("single_label", "multi_label"):
+            raise EatKerasError(f"label_type must be single_label or multi_label, got {self.label_type!r}")
+
+    @property
+    def loss_form(self) -> str:
+        return "softmax" if self.label_type == "single_label" else "sigmoid"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def learning_rate_factor(epoch: int, config: FinetuneConfig) -> float:
+    """Upstream ``exp_warmup_linear_down`` (ex_esc50.py), evaluated at a 0-based epoch."""
+    if config.warmup_epochs > 0 and epoch < config.warmup_epochs:
+        phase = 1.0 - min(max(epoch, 0.5), config.warmup_epochs) / config.warmup_epochs
+        warm = math.exp(-5.0 * phase * phase)
+    else:
+        warm = 1.0
+    if epoch <= config.rampdown_start:
+        down = 1.0
+    elif epoch >= config.rampdown_start + config.rampdown_epochs:
+        down = config.last_lr_factor
+    else:
+        progress = (epoch - config.rampdown_start) / config.rampdown_epochs
+        down = config.last_lr_factor + (1.0 - config.last_lr_factor) * (1.0 - progress)
+    return warm * down
+
+
+def build_finetune_model(base: AudioTagger, class_names: list[str], config: FinetuneConfig) -> AudioTagger:
+    """A tagger with ``base``'s front-end settings and backbone weights and a fresh N-class head."""
+    frontend: FrontendConfig = dataclasses.replace(base.config.frontend, freqm=config.freqm, timem=config.timem)
+    model_config = base.config.replace(
+        num_classes=len(class_names), label_type=config.label_type, frontend=frontend
+    )
+    tagger = build_tagger(model_config, class_names)
+    for src, dst in zip(backbone_levels(base), backbone_levels(tagger)):
+        for s, d in zip(src, dst):
+            d.set_weights(s.get_weights())
+    if config.freeze_batchnorm:
+        for layer in tagger.net.submodules:
+            if isinstance(layer, tf_keras.layers.BatchNormalization):
+                layer.trainable = False  # Keras runs a non-trainable BN in inference mode
+    return tagger
+
+
+def backbone_levels(tagger: AudioTagger) -> list[list[tf_keras.layers.Layer]]:
+    """The backbone by depth: stem, each block, last conv (layer-wise learning-rate decay units)."""
+    net = tagger.net
+    return [[net.stem], *[[b] for b in net.blocks], [net.last_conv]]
+
+
+def _variable_groups(tagger: AudioTagger) -> list[list[tf.Variable]]:
+    """Trainable variables by depth level, head last."""
+    levels = [*backbone_levels(tagger), [tagger.net.head]]
+    return [[v for layer in level for v in layer.trainable_variables] for level in levels]
+
+
+class _RunFolder:
+    def __init__(self, out_dir: Path) -> None:
+        self.root = out_dir
+        self.config = out_dir / "finetune.json"
+        self.checkpoints = out_dir / "checkpoints"
+        self.log = out_dir / "log.csv"
+        self.best = out_dir / "best"
+
+    def claim(self, config: FinetuneConfig) -> None:
+        """Record the configuration, or check it against an earlier start of the same run."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        wanted = config.to_dict()
+        if self.config.exists():
+            earlier = json.loads(self.config.read_text())
+            if earlier != wanted:
+                changed = sorted(k for k in set(earlier) | set(wanted) if earlier.get(k) != wanted.get(k))
+                raise EatKerasError(
+                    f"{self.root} holds a run with another configuration (differs in {', '.join(changed)}); "
+                    "use a new --out folder"
+                )
+        else:
+            self.config.write_text(json.dumps(wanted, indent=1) + "\n")
+
+    def write_split(self, splits: dict[str, list[Example]]) -> str:
+        report = split_report(splits)
+        (self.root / "split_report.txt").write_text(report + "\n")
+        with (self.root / "split.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "group", "side"])
+            for side, examples in splits.items():
+                writer.writerows([e.path, e.label, e.group or "", side] for e in examples)
+        return report
+
+    def log_rows(self, upto_epoch: int) -> list[dict[str, str]]:
+        if not self.log.exists():
+            return []
+        with self.log.open() as f:
+            return [row for row in csv.DictReader(f) if int(row["epoch"]) <= upto_epoch]
+
+    def write_log(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        fields = list(rows[0])
+        tmp = self.log.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(self.log)
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    out_dir: Path
+    best_dir: Path
+    best_epoch: int
+    best_metric: float
+    history: list[dict[str, Any]]
+    test_report: ClassificationReport | None
+
+
+def evaluate_tagger(
+    predict: Callable[[tf.Tensor], tf.Tensor],
+    examples: Sequence[Example],
+    class_names: Sequence[str],
+    clip_samples: int,
+    batch_size: int,
+    cache: AudioCache | None = None,
+) -> tuple[ClassificationReport, float]:
+    """Report and file-level cross-entropy; logits averaged over each file's full-length windows."""
+    dataset = make_dataset(examples, class_names, mode="eval", clip_samples=clip_samples, batch_size=batch_size, cache=cache)
+    logits, index = [], []
+    for batch in dataset:
+        logits.append(predict(batch["waveform"]))
+        index.append(batch["index"])
+    per_file = average_per_file(tf.concat(logits, 0), tf.concat(index, 0), len(examples))
+    name_to_id = {n: i for i, n in enumerate(class_names)}
+    true = np.array([name_to_id[e.label] for e in examples])
+    loss = float(cross_entropy(tf.one_hot(true, len(class_names)), per_file))
+    return classification_report(true, np.argmax(per_file.numpy(), axis=1), list(class_names)), loss
+
+
+def finetune(
+    examples: Sequence[Example],
+    out_dir: str | Path,
+    config: FinetuneConfig,
+    strategy: tf.distribute.Strategy | None = None,
+    cache: AudioCache | None = None,
+    verbose: bool = True,
+) -> FinetuneResult:
+    """Fine-tune ``config.model`` on ``examples``; resumes when ``out_dir`` holds the same run."""
+    run = _RunFolder(Path(out_dir))
+    run.claim(config)
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if verbose else (lambda msg: None)
+    strategy = strategy or tf.distribute.get_strategy()
+    cache = cache or AudioCache()
+
+    splits = split_examples(
+        examples, config.val_fraction, config.test_fraction, config.seed, config.test_folds, config.val_folds
+    )
+    check_no_leakage(splits)
+    say(run.write_split(splits))
+    class_names = class_names_of(examples)
+    counts = class_counts(splits["train"], class_names)
+    if (counts == 0).any():
+        missing = [n for n, c in zip(class_names, counts) if c == 0]
+        raise EatKerasError(f"no training files for class(es) {missing}")
+    if not splits["val"]:
+        raise EatKerasError("the validation side is empty: set --val-fraction or --val-folds")
+
+    base = load_tagger(config.model, config.weights, with_class_names=False)
+    sample_rate = base.config.frontend.sample_rate
+    clip_samples = int(config.clip_seconds * sample_rate)
+    loss_fn = CombinedLoss(
+        class_balanced_weights(counts, config.cb_beta) if "cb" in config.loss_terms else None,
+        config.loss_terms,
+        gamma=config.focal_gamma,
+        form=config.loss_form,
+        temperature=config.supcon_temperature,
+    )
+    train_ds = make_dataset(
+        splits["train"], class_names, mode="train", clip_samples=clip_samples,
+        batch_size=config.batch_size, seed=config.seed, cache=cache,
+        drop_remainder=len(splits["train"]) >= 2 * config.batch_size,
+    )
+    steps_per_epoch = int(train_ds.cardinality())
+
+    with strategy.scope():
+        tagger = build_finetune_model(base, class_names, config)
+        groups = _variable_groups(tagger)
+        depth = len(groups) - 1
+        multipliers = [config.layer_decay ** (depth - i) for i in range(len(groups))]
+        optimizers = [tf_keras.optimizers.Adam(config.learning_rate) for _ in groups]
+        for opt, variables in zip(optimizers, groups):
+            opt.build(variables)
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)  # completed epochs
+        best_var = tf.Variable(np.nan, dtype=tf.float64, trainable=False)
+        best_epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        bad_epochs_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        rng = tf.random.Generator.from_seed(config.seed)
+    del base
+
+    checkpoint = tf.train.Checkpoint(
+        model=tagger, epoch=epoch_var, best=best_var, best_epoch=best_epoch_var,
+        bad_epochs=bad_epochs_var, rng=rng, **{f"optimizer_{i}": o for i, o in enumerate(optimizers)},
+    )
+    manager = tf.train.CheckpointManager(checkpoint, str(run.checkpoints), max_to_keep=2)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        say(f"resuming from {manager.latest_checkpoint}: {int(epoch_var)} epoch(s) done")
+    history = run.log_rows(int(epoch_var))
+    writer = tf.summary.create_file_writer(str(run.root / "tensorboard")) if config.tensorboard else None
+
+    replicas = strategy.num_replicas_in_sync
+
+    def step_fn(batch: dict[str, tf.Tensor], train_backbone: bool) -> dict[str, tf.Tensor]:
+        waveform, target = batch["waveform"], batch["target"]
+        if config.gain_db:
+            waveform = augment.random_gain(waveform, config.gain_db, rng)
+        if config.roll_samples:
+            waveform = augment.time_roll(waveform, config.roll_samples, rng)
+        active = groups if train_backbone else groups[-1:]
+        variables = [v for g in active for v in g]
+        with tf.GradientTape() as tape:
+            mel = tagger.frontend(waveform, training=True)
+            if config.mixup_alpha > 0:
+                mixed = augment.mixup(mel, target, config.mixup_alpha, rng)
+                mel, target = mixed.x, mixed.targets
+            out = tagger.net(mel, training=True)
+            total, terms = loss_fn(target, out["logits"], out["embedding"])
+            scaled = total / replicas
+        grads = tape.gradient(scaled, variables)
+        start = 0
+        for opt, group in zip(optimizers[-len(active):], active):
+            opt.apply_gradients(zip(grads[start : start + len(group)], group))
+            start += len(group)
+        return {"loss": total, **terms}
+
+    @tf.function
+    def train_step(batch: dict[str, tf.Tensor], train_backbone: bool) -> dict[str, tf.Tensor]:
+        per_replica = strategy.run(step_fn, args=(batch, train_backbone))
+        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in per_replica.items()}
+
+    predict = tf.function(
+        lambda w: tagger(w, training=False)["logits"],
+        input_signature=[tf.TensorSpec([None, clip_samples], tf.float32)],
+    )
+    compare = MONITORS[config.monitor]
+    distributed = strategy.experimental_distribute_dataset(train_ds)
+
+    for epoch in range(int(epoch_var), config.epochs):
+        factor = learning_rate_factor(epoch, config)
+        for opt, mult in zip(optimizers, multipliers):
+            opt.learning_rate.assign(config.learning_rate * factor * mult)
+        train_backbone = epoch >= config.freeze_backbone_epochs
+        progbar = tf_keras.utils.Progbar(steps_per_epoch, verbose=1 if verbose else 0, unit_name="batch")
+        started = time.time()
+        sums: dict[str, float] = {}
+        for step, batch in enumerate(distributed):
+            values = {k: float(v) for k, v in train_step(batch, train_backbone).items()}
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            progbar.update(step + 1, [(k, v) for k, v in values.items()])
+        report, val_loss = evaluate_tagger(predict, splits["val"], class_names, clip_samples, config.batch_size, cache)
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": config.learning_rate * factor,
+            "backbone_trained": int(train_backbone),
+            **{f"train_{k}": v / max(step + 1, 1) for k, v in sums.items()},
+            "val_loss": val_loss,
+            "val_accuracy": report.accuracy,
+            "val_macro_f1": report.macro_f1,
+            "seconds": round(time.time() - started, 2),
+        }
+        history.append(row)
+        value = row[config.monitor]
+        if math.isnan(float(best_var)) or compare(value, float(best_var)) != float(best_var):
+            best_var.assign(value)
+            best_epoch_var.assign(epoch + 1)
+            bad_epochs_var.assign(0)
+            save_tagger(tagger, run.best, source=f"fine-tuned from {config.model}, epoch {epoch + 1}")
+        else:
+            bad_epochs_var.assign_add(1)
+        say(
+            f"epoch {epoch + 1}/{config.epochs}: loss {row.get('train_loss', float('nan')):.4f} "
+            f"val_acc {report.accuracy:.4f} val_f1 {report.macro_f1:.4f} val_loss {val_loss:.4f}"
+            f" (best {config.monitor} {float(best_var):.4f} @ {int(best_epoch_var)})"
+        )
+        if writer is not None:
+            with writer.as_default(step=epoch + 1):
+                for k, v in row.items():
+                    if k != "epoch":
+                        tf.summary.scalar(k, v)
+        epoch_var.assign(epoch + 1)
+        run.write_log(history)
+        manager.save(checkpoint_number=epoch + 1)
+        if int(bad_epochs_var) >= config.patience:
+            say(f"early stop: no {config.monitor} improvement for {config.patience} epochs")
+            break
+
+    test_report = None
+    if splits["test"]:
+        from eat_keras.models.saving import load_tagger_dir
+
+        best = load_tagger_dir(run.best)
+        best_predict = tf.function(lambda w: best(w, training=False)["logits"])
+        test_report, _ = evaluate_tagger(best_predict, splits["test"], class_names, clip_samples, config.batch_size, cache)
+        say("test (best checkpoint):\n" + test_report.summary())
+    return FinetuneResult(run.root, run.best, int(best_epoch_var), float(best_var), history, test_report)
