@@ -89,6 +89,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     if "saved_model" in args.format:
         path = export_saved_model(tagger, args.out, name, args.version)
         print(f"wrote SavedModel {path}")
+    if "tflite" in args.format:
+        from eat_keras.export.tflite import export_tflite
+
+        artifacts = export_tflite(
+            tagger,
+            args.out,
+            name,
+            window_seconds=args.window_seconds,
+            quantizations=args.quantization,
+            calibration_files=args.calibration or (),
+            max_calibration_windows=args.calibration_windows,
+            log_mel=not args.no_logmel,
+            outputs=args.tflite_outputs,
+            metadata=not args.no_metadata,
+            log=lambda message: print(message, file=sys.stderr, flush=True),
+        )
+        for artifact in artifacts:
+            size = artifact.path.stat().st_size / 1e6
+            shape = "x".join(map(str, artifact.input_shape))
+            print(f"wrote TFLite {artifact.path}  ({artifact.quantization}, {artifact.input_kind} {shape}, {size:.2f} MB)")
     return 0
 
 
@@ -146,6 +166,126 @@ def cmd_tag(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _read_examples(data: str, folds: list[str] | None = None):
+    """DATA: a folder with one sub-folder per class, a CSV manifest, or an ESC-50 style meta CSV."""
+    import csv
+
+    from eat_keras.train import data as train_data
+
+    path = Path(data)
+    if path.is_dir():
+        examples = train_data.read_folder_dataset(path)
+    elif path.suffix.lower() == ".csv" and path.is_file():
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        if {"filename", "category", "fold"} <= set(header):
+            examples = train_data.read_esc50_manifest(path, path.parent / "audio")
+        else:
+            examples = train_data.read_manifest(path)
+    else:
+        raise EatKerasError(f"{data}: expected a folder of class folders or a CSV manifest")
+    if folds:
+        examples = [e for e in examples if e.fold in set(folds)]
+    if not examples:
+        raise EatKerasError(f"{data}: no labelled audio files{' in folds ' + ','.join(folds) if folds else ''}")
+    return examples
+
+
+def _parse_loss_terms(items: list[str]) -> dict[str, float]:
+    terms = {}
+    for item in items:
+        name, _, weight = item.partition("=")
+        try:
+            terms[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise EatKerasError(f"--loss expects NAME=WEIGHT items (cb, ce, supcon), got {item!r}") from None
+    return terms
+
+
+def _strategy(name: str):
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()  # reads TF_CONFIG
+    return tf.distribute.get_strategy()
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from eat_keras.train.data import AudioCache
+    from eat_keras.train.fit import FinetuneConfig, finetune
+
+    examples = _read_examples(args.data)
+    config = FinetuneConfig(
+        model=args.model, weights=args.weights, clip_seconds=args.clip_seconds, batch_size=args.batch_size,
+        epochs=args.epochs, learning_rate=args.lr, warmup_epochs=args.warmup_epochs,
+        rampdown_start=args.rampdown_start, rampdown_epochs=args.rampdown_epochs,
+        loss_terms=_parse_loss_terms(args.loss), cb_beta=args.cb_beta, focal_gamma=args.focal_gamma,
+        supcon_temperature=args.supcon_temperature, label_type=args.label_type,
+        mixup_alpha=args.mixup_alpha, gain_db=args.gain_db, roll_samples=args.roll_samples,
+        freqm=args.freqm, timem=args.timem, freeze_backbone_epochs=args.freeze_backbone_epochs,
+        layer_decay=args.layer_decay, freeze_batchnorm=args.freeze_batchnorm,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, val_folds=args.val_folds,
+        test_folds=args.test_folds, seed=args.seed, monitor=args.monitor, patience=args.patience,
+        tensorboard=args.tensorboard,
+    )
+    result = finetune(examples, args.out, config, _strategy(args.strategy), AudioCache(args.cache_dir))
+    print(f"best {config.monitor} {result.best_metric:.4f} at epoch {result.best_epoch}: {result.best_dir}")
+    if result.test_report is not None:
+        from eat_keras.train.metrics import write_report_files
+
+        write_report_files(result.test_report, Path(args.out) / "test_eval")
+        print(result.test_report.summary())
+    return 0
+
+
+def _clip_samples(runners, model: str, clip_seconds: float | None) -> int:
+    """Evaluation window: a fixed artifact input wins, then --clip-seconds, then the fine-tuned
+    model's training clip length, then 10 s (AudioSet clips)."""
+    from eat_keras.models.saving import is_model_dir, read_manifest
+
+    fixed = {r.window_samples for r in runners if r.window_samples}
+    if len(fixed) > 1:
+        raise EatKerasError(f"the artifacts have different fixed input lengths {sorted(fixed)}")
+    if fixed:
+        return fixed.pop()
+    if clip_seconds is None and is_model_dir(model):
+        clip_seconds = read_manifest(model).get("training", {}).get("clip_seconds")
+    return int((clip_seconds or 10.0) * 32000)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from eat_keras.runners import load_runner
+    from eat_keras.train.evaluate import evaluate
+    from eat_keras.train.metrics import write_report_files
+
+    runner = load_runner(args.model, args.labels)
+    examples = _read_examples(args.data, args.folds)
+    clip = _clip_samples([runner], args.model, args.clip_seconds)
+    report, _ = evaluate(runner.logits, examples, runner.class_names, clip, args.batch_size)
+    print(report.summary())
+    out = Path(args.out) if args.out else Path(f"eval-{_model_name(args.model)}")
+    for path in write_report_files(report, out):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from eat_keras.runners import load_runner
+    from eat_keras.train.evaluate import verify
+
+    runner_a = load_runner(args.a, args.labels)
+    runner_b = load_runner(args.b, args.labels, reference=runner_a)
+    if runner_a.class_names != runner_b.class_names:
+        raise EatKerasError("the two artifacts have different class names")
+    examples = _read_examples(args.data, args.folds)
+    clip = _clip_samples([runner_a, runner_b], args.a, args.clip_seconds)
+    result = verify(runner_a.logits, runner_b.logits, examples, runner_a.class_names, clip, args.batch_size)
+    print(result.summary(runner_a.name, runner_b.name))
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from eat_keras.presets import PRESETS
 
@@ -171,12 +311,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(p)
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("export", help="write deployable artifacts (SavedModel for TF apps and TF Serving)")
+    p = sub.add_parser(
+        "export", help="write deployable artifacts (SavedModel for TF apps and TF Serving, TFLite for LiteRT/MediaPipe)"
+    )
     p.add_argument("model", help="preset name, .pt/.onnx file, or eat-keras model folder")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="parent folder (default: saved_models/)")
     p.add_argument("--name", help="model name (default: preset name, file stem or folder name)")
-    p.add_argument("--format", nargs="+", choices=("saved_model",), default=["saved_model"])
+    p.add_argument("--format", nargs="+", choices=("saved_model", "tflite"), default=["saved_model"])
     p.add_argument("--version", type=int, help="SavedModel version folder (default: next free integer)")
+    g = p.add_argument_group("TFLite (--format tflite): files in OUT/NAME/tflite/")
+    g.add_argument(
+        "--window-seconds", nargs="+", type=float, default=[1.0, 10.0], metavar="S",
+        help="fixed input window(s) in seconds, one file per window (default: 1 10)",
+    )
+    g.add_argument(
+        "--quantization", nargs="+", choices=("float32", "float16", "dynamic_int8", "int8"), metavar="Q",
+        help="float32 float16 dynamic_int8 int8 (default: the first three, plus int8 with --calibration)",
+    )
+    g.add_argument("--calibration", nargs="+", metavar="FILE", help="audio files to calibrate full int8 on")
+    g.add_argument(
+        "--calibration-windows", type=int, default=100, metavar="N",
+        help="at most N calibration windows, spread over the files (default: 100)",
+    )
+    g.add_argument("--no-logmel", action="store_true", help="skip the log-mel-input files")
+    g.add_argument(
+        "--tflite-outputs", nargs="+", choices=("scores", "logits", "embedding"), default=["scores"], metavar="OUT",
+        help="output tensors, scores first (default: scores; MediaPipe reads every output as a classifier head)",
+    )
+    g.add_argument("--no-metadata", action="store_true", help="write no MediaPipe metadata (no mediapipe needed)")
     _add_model_flags(p)
     p.set_defaults(func=cmd_export)
 
@@ -191,6 +353,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pad-short", action="store_true", help="zero-pad files shorter than 1 s instead of refusing them")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser("finetune", help="fine-tune a pretrained model on a labelled folder or CSV manifest")
+    p.add_argument("data", help="folder with one sub-folder per class, or CSV manifest (path,label[,group,split,fold])")
+    p.add_argument("--model", default="mn04_as", help="preset, .pt/.onnx, or model folder to start from")
+    p.add_argument("--weights", help="explicit path to the preset's weight file")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, best/); re-run to resume")
+    p.add_argument("--clip-seconds", type=float, default=2.0)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=6e-5)
+    p.add_argument("--warmup-epochs", type=int, default=10)
+    p.add_argument("--rampdown-start", type=int, default=10)
+    p.add_argument("--rampdown-epochs", type=int, default=65)
+    p.add_argument("--loss", nargs="+", default=["cb=0.8", "supcon=0.2"], help="weighted terms among cb, ce, supcon")
+    p.add_argument("--cb-beta", type=float, default=0.9999)
+    p.add_argument("--focal-gamma", type=float, default=0.0)
+    p.add_argument("--supcon-temperature", type=float, default=0.07)
+    p.add_argument("--label-type", choices=("single_label", "multi_label"), default="single_label")
+    p.add_argument("--mixup-alpha", type=float, default=0.3, help="0 disables mixup")
+    p.add_argument("--gain-db", type=int, default=12, help="random gain range in dB; 0 disables")
+    p.add_argument("--roll-samples", type=int, default=4000, help="random circular shift; 0 disables")
+    p.add_argument("--freqm", type=int, default=0, help="frequency-mask width (0: off)")
+    p.add_argument("--timem", type=int, default=0, help="time-mask width (0: off)")
+    p.add_argument("--freeze-backbone-epochs", type=int, default=0)
+    p.add_argument("--layer-decay", type=float, default=1.0, help="per-depth learning-rate factor (1: off)")
+    p.add_argument("--freeze-batchnorm", action="store_true", help="keep BatchNorm statistics and affine fixed")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.0)
+    p.add_argument("--val-folds", nargs="+", help="folds for validation (manifests with a fold column)")
+    p.add_argument("--test-folds", nargs="+", help="folds held out for testing")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--monitor", choices=("val_macro_f1", "val_accuracy", "val_loss"), default="val_macro_f1")
+    p.add_argument("--patience", type=int, default=10, help="early stopping patience in epochs")
+    p.add_argument("--tensorboard", action="store_true")
+    p.add_argument("--cache-dir", help="keep decoded 32 kHz audio here across runs")
+    p.add_argument("--strategy", choices=("default", "mirrored", "multi_worker"), default="default")
+    p.set_defaults(func=cmd_finetune)
+
+    for name, helptext in (
+        ("evaluate", "accuracy, macro-F1, per-class precision/recall and confusion matrix of a model"),
+        ("verify", "run two artifacts of one model on the same files and compare"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        if name == "evaluate":
+            p.add_argument("model", help="model folder, preset, SavedModel folder, .tflite or .onnx")
+            p.add_argument("--out", help="folder for metrics.json, CSVs and confusion_matrix.png")
+        else:
+            p.add_argument("a", help="reference artifact (e.g. the fine-tuned model folder)")
+            p.add_argument("b", help="artifact to check (SavedModel folder, .tflite, .onnx)")
+        p.add_argument("data", help="folder of class folders or CSV manifest")
+        p.add_argument("--folds", nargs="+", help="only these folds of a manifest")
+        p.add_argument("--clip-seconds", type=float, help="evaluation window (default: the training clip length)")
+        p.add_argument("--batch-size", type=int, default=16)
+        p.add_argument("--labels", help="class-name file for artifacts without names")
+        p.set_defaults(func=cmd_evaluate if name == "evaluate" else cmd_verify)
 
     p = sub.add_parser("presets", help="list the pretrained models")
     p.set_defaults(func=cmd_presets)

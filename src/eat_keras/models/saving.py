@@ -28,8 +28,14 @@ def is_model_dir(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def save_tagger(tagger: AudioTagger, out_dir: str | Path, source: str | None = None) -> Path:
-    """Write ``tagger`` to ``out_dir`` (replaced atomically if it exists)."""
+def save_tagger(
+    tagger: AudioTagger,
+    out_dir: str | Path,
+    source: str | None = None,
+    training: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``tagger`` to ``out_dir`` (replaced atomically if it exists). ``training`` records how
+    a fine-tuned model was trained (e.g. its clip length, which evaluation reuses)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -40,6 +46,7 @@ def save_tagger(tagger: AudioTagger, out_dir: str | Path, source: str | None = N
             "config": tagger.config.to_dict(),
             "class_names": tagger.class_names,
             "source": source,
+            "training": training or {},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         tagger.save_weights(str(staging / WEIGHTS_PREFIX))

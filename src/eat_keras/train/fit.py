@@ -24,7 +24,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,6 @@ from eat_keras.train import augment
 from eat_keras.train.data import (
     AudioCache,
     Example,
-    average_per_file,
     check_no_leakage,
     class_counts,
     class_names_of,
@@ -49,8 +48,9 @@ from eat_keras.train.data import (
     split_examples,
     split_report,
 )
+from eat_keras.train.evaluate import evaluate, true_ids
 from eat_keras.train.losses import CombinedLoss, class_balanced_weights, cross_entropy
-from eat_keras.train.metrics import ClassificationReport, classification_report
+from eat_keras.train.metrics import ClassificationReport
 
 MONITORS = {"val_accuracy": max, "val_macro_f1": max, "val_loss": min}
 
@@ -213,27 +213,6 @@ class FinetuneResult:
     test_report: ClassificationReport | None
 
 
-def evaluate_tagger(
-    predict: Callable[[tf.Tensor], tf.Tensor],
-    examples: Sequence[Example],
-    class_names: Sequence[str],
-    clip_samples: int,
-    batch_size: int,
-    cache: AudioCache | None = None,
-) -> tuple[ClassificationReport, float]:
-    """Report and file-level cross-entropy; logits averaged over each file's full-length windows."""
-    dataset = make_dataset(examples, class_names, mode="eval", clip_samples=clip_samples, batch_size=batch_size, cache=cache)
-    logits, index = [], []
-    for batch in dataset:
-        logits.append(predict(batch["waveform"]))
-        index.append(batch["index"])
-    per_file = average_per_file(tf.concat(logits, 0), tf.concat(index, 0), len(examples))
-    name_to_id = {n: i for i, n in enumerate(class_names)}
-    true = np.array([name_to_id[e.label] for e in examples])
-    loss = float(cross_entropy(tf.one_hot(true, len(class_names)), per_file))
-    return classification_report(true, np.argmax(per_file.numpy(), axis=1), list(class_names)), loss
-
-
 def finetune(
     examples: Sequence[Example],
     out_dir: str | Path,
@@ -335,10 +314,13 @@ def finetune(
         per_replica = strategy.run(step_fn, args=(batch, train_backbone))
         return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in per_replica.items()}
 
-    predict = tf.function(
+    predict_fn = tf.function(
         lambda w: tagger(w, training=False)["logits"],
         input_signature=[tf.TensorSpec([None, clip_samples], tf.float32)],
     )
+
+    def predict(waveforms: np.ndarray) -> np.ndarray:
+        return predict_fn(tf.constant(waveforms)).numpy()
     compare = MONITORS[config.monitor]
     distributed = strategy.experimental_distribute_dataset(train_ds)
 
@@ -355,7 +337,9 @@ def finetune(
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             progbar.update(step + 1, [(k, v) for k, v in values.items()])
-        report, val_loss = evaluate_tagger(predict, splits["val"], class_names, clip_samples, config.batch_size, cache)
+        report, val_logits = evaluate(predict, splits["val"], class_names, clip_samples, config.batch_size, cache)
+        val_targets = tf.one_hot(true_ids(splits["val"], class_names), len(class_names))
+        val_loss = float(cross_entropy(val_targets, tf.constant(val_logits), config.loss_form))
         row: dict[str, Any] = {
             "epoch": epoch + 1,
             "lr": config.learning_rate * factor,
@@ -372,7 +356,10 @@ def finetune(
             best_var.assign(value)
             best_epoch_var.assign(epoch + 1)
             bad_epochs_var.assign(0)
-            save_tagger(tagger, run.best, source=f"fine-tuned from {config.model}, epoch {epoch + 1}")
+            save_tagger(
+                tagger, run.best, source=f"fine-tuned from {config.model}, epoch {epoch + 1}",
+                training={"clip_seconds": config.clip_seconds, "epoch": epoch + 1, config.monitor: value},
+            )
         else:
             bad_epochs_var.assign_add(1)
         say(
@@ -396,8 +383,10 @@ def finetune(
     if splits["test"]:
         from eat_keras.models.saving import load_tagger_dir
 
-        best = load_tagger_dir(run.best)
-        best_predict = tf.function(lambda w: best(w, training=False)["logits"])
-        test_report, _ = evaluate_tagger(best_predict, splits["test"], class_names, clip_samples, config.batch_size, cache)
+        best_fn = load_tagger_dir(run.best).predict_function_for_waveforms()
+        test_report, _ = evaluate(
+            lambda w: best_fn(tf.constant(w))["logits"].numpy(), splits["test"], class_names,
+            clip_samples, config.batch_size, cache,
+        )
         say("test (best checkpoint):\n" + test_report.summary())
     return FinetuneResult(run.root, run.best, int(best_epoch_var), float(best_var), history, test_report)

@@ -1,0 +1,100 @@
+"""Evaluation of any artifact on labelled files, and the ACC1 ≈ ACC2 check between two artifacts.
+
+A file's prediction averages the logits of its full-length windows (see ``data.make_dataset``), the
+same way for every artifact, so two artifacts of one model should agree file by file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from eat_keras.errors import EatKerasError
+from eat_keras.train.data import AudioCache, Example, average_per_file, make_dataset
+from eat_keras.train.metrics import ClassificationReport, classification_report
+
+PredictFn = Callable[[np.ndarray], np.ndarray]  # [batch, samples] → [batch, classes] logits
+
+
+def file_logits(
+    predict: PredictFn,
+    examples: Sequence[Example],
+    class_names: Sequence[str],
+    clip_samples: int,
+    batch_size: int = 16,
+    cache: AudioCache | None = None,
+) -> np.ndarray:
+    """``[files, classes]``: logits averaged over each file's windows of ``clip_samples``."""
+    unknown = sorted({e.label for e in examples} - set(class_names))
+    if unknown:
+        raise EatKerasError(f"labels {unknown} are not among the model's classes {list(class_names)}")
+    dataset = make_dataset(examples, class_names, mode="eval", clip_samples=clip_samples, batch_size=batch_size, cache=cache)
+    logits, index = [], []
+    for batch in dataset:
+        logits.append(np.asarray(predict(batch["waveform"].numpy())))
+        index.append(batch["index"].numpy())
+    return average_per_file(tf.constant(np.concatenate(logits)), tf.constant(np.concatenate(index)), len(examples)).numpy()
+
+
+def true_ids(examples: Sequence[Example], class_names: Sequence[str]) -> np.ndarray:
+    ids = {n: i for i, n in enumerate(class_names)}
+    return np.array([ids[e.label] for e in examples])
+
+
+def evaluate(
+    predict: PredictFn,
+    examples: Sequence[Example],
+    class_names: Sequence[str],
+    clip_samples: int,
+    batch_size: int = 16,
+    cache: AudioCache | None = None,
+) -> tuple[ClassificationReport, np.ndarray]:
+    """Report and the per-file logits it was computed from."""
+    logits = file_logits(predict, examples, class_names, clip_samples, batch_size, cache)
+    report = classification_report(true_ids(examples, class_names), logits.argmax(axis=1), list(class_names))
+    return report, logits
+
+
+@dataclasses.dataclass
+class Verification:
+    accuracy_a: float
+    accuracy_b: float
+    agreement: float  # fraction of files with the same top-1 class
+    max_abs_logit_difference: float
+    num_files: int
+
+    @property
+    def accuracy_difference(self) -> float:
+        return self.accuracy_b - self.accuracy_a
+
+    def summary(self, name_a: str, name_b: str) -> str:
+        return "\n".join(
+            [
+                f"A {name_a}: accuracy {self.accuracy_a:.4f}",
+                f"B {name_b}: accuracy {self.accuracy_b:.4f}",
+                f"difference B - A: {self.accuracy_difference:+.4f}",
+                f"top-1 agreement: {self.agreement:.4f} ({self.num_files} files)",
+                f"max |logit A - logit B|: {self.max_abs_logit_difference:.3g}",
+            ]
+        )
+
+
+def verify(
+    predict_a: PredictFn,
+    predict_b: PredictFn,
+    examples: Sequence[Example],
+    class_names: Sequence[str],
+    clip_samples: int,
+    batch_size: int = 16,
+    cache: AudioCache | None = None,
+) -> Verification:
+    cache = cache or AudioCache()
+    report_a, logits_a = evaluate(predict_a, examples, class_names, clip_samples, batch_size, cache)
+    report_b, logits_b = evaluate(predict_b, examples, class_names, clip_samples, batch_size, cache)
+    agreement = float(np.mean(logits_a.argmax(axis=1) == logits_b.argmax(axis=1)))
+    return Verification(
+        report_a.accuracy, report_b.accuracy, agreement, float(np.abs(logits_a - logits_b).max()), len(examples)
+    )
