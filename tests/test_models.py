@@ -125,29 +125,34 @@ def test_unknown_preset_names_alternatives():
         get_preset("mn04_ass")
 
 
-# exact counts the spec verified by instantiating upstream (sum of p.numel())
-EXACT_COUNTS = {"mn04_as": 983_599}
-
-
 @pytest.mark.slow
 def test_every_preset_builds_with_published_parameter_count():
-    checked = 0
+    checked = exact = 0
+    built: dict = {}  # presets that share a configuration (mn40_as(2), ...) share one build
     for name, preset in PRESETS.items():
-        tf_keras.backend.clear_session()
-        tagger = build_tagger(preset.config)
-        count = count_parameters(tagger.net)
-        if name in EXACT_COUNTS:
-            assert count == EXACT_COUNTS[name]
+        if preset.config not in built:
+            tf_keras.backend.clear_session()
+            tagger = build_tagger(preset.config)
+            out = tagger(np.zeros([1, 32000], np.float32))
+            assert out["logits"].shape == (1, preset.config.num_classes)
+            assert tagger.frontend.config == preset.config.frontend
+            built[preset.config] = count_parameters(tagger.net)
+        count = built[preset.config]
+        if preset.exact_params is not None:  # upstream's sum(p.numel()), verified by the spec
+            assert count == preset.exact_params, name
+            exact += 1
         published = preset.published_params_m
-        if published is not None:
+        if published is not None and preset.config.arch == "dymn":
+            # the README's DyMN figures come from the DeepSpeed profiler, 0.3-0.5 % above the
+            # parameter sums checked exactly above
+            assert abs(count / 1e6 - published) / published < 0.01, (name, count, published)
+            checked += 1
+        elif published is not None:
             # README prints millions with 2-3 decimals (truncating mn04's 0.983599): ±1 last digit
             decimals = len(repr(published).split(".")[1])
             assert abs(count / 1e6 - published) <= 10.0 ** -decimals, (name, count, published)
             checked += 1
         else:
-            assert name == "mn06_im", f"{name} has no published parameter count"
-        c = preset.config.frontend
-        out = tagger(np.zeros([1, 32000], np.float32))
-        assert out["logits"].shape == (1, preset.config.num_classes)
-        assert tagger.frontend.config == c
-    assert checked == len(PRESETS) - 1
+            assert name == "mn06_im" or "replace_se" in name, f"{name} has no published parameter count"
+    assert checked == len(PRESETS) - 3  # mn06_im, dymn04/10_replace_se_as are unpublished
+    assert exact == 2 + 3 * 3  # mn04_as, mn04_im; dymn04/10/20 _as, _im and the three dymn20_as(n)

@@ -29,6 +29,12 @@ class Preset:
     description: str
 
     @property
+    def exact_params(self) -> int | None:
+        """sum(p.numel()) of the upstream model, where the spec verified it by instantiation."""
+        c = self.config
+        return _EXACT_PARAMS.get((c.arch, c.width_mult, c.use_dy_blocks, c.head_type, c.num_classes))
+
+    @property
     def url(self) -> str:
         return RELEASE_URL + self.filename
 
@@ -38,6 +44,9 @@ _WIDTHS = {"01": 0.1, "02": 0.2, "04": 0.4, "05": 0.5, "06": 0.6, "10": 1.0, "20
 # upstream code's own count). mn04 is printed truncated: 983,599 parameters shows as 0.983.
 _MN_PARAMS_M = {"01": 0.124, "02": 0.325, "04": 0.983, "05": 1.43, "10": 4.88, "20": 17.91, "30": 39.09, "40": 68.43}
 _MN10_FC_PARAMS_M = 3.479
+
+# (arch, width, dynamic blocks, head, classes) -> exact upstream parameter count
+_EXACT_PARAMS: dict[tuple, int] = {("mn", 0.4, "all", "mlp", 527): 983_599}
 
 _KNOWN_SHA256 = {
     "mn04_as_mAP_432.pt": "899a8c6217063f6941793102a2780b3dd788ab11fce468d9cf5f0577c453321c",
@@ -118,3 +127,60 @@ def get_preset(name: str) -> Preset:
 
 def preset_names() -> list[str]:
     return list(PRESETS)
+
+
+# --- DyMN (dynamic MobileNets, upstream models/dymn) ----------------------------------------------
+# Exact parameter counts, sum(p.numel()) of the upstream model (DyReLU's lambdas/init_v and BN running
+# statistics are buffers, not parameters); eat_keras.models.count_parameters gives the same numbers.
+# The README prints 1.97 / 10.57 / 40.02 M, 0.3-0.5 % more: it took them from the DeepSpeed profiler.
+_EXACT_PARAMS.update(
+    {("dymn", w, "all", "mlp", 527): n for w, n in ((0.4, 1_961_239), (1.0, 10_548_479), (2.0, 39_966_143))}
+)
+_DYMN_README_PARAMS_M = {"04": 1.97, "10": 10.57, "20": 40.02}
+# AudioSet checkpoints were trained to the end of the temperature schedule: τ = 1.0 (upstream's
+# pretrain_final_temp default). It is not stored in the files.
+_DYMN_AS_TEMPERATURE = 1.0
+# ImageNet checkpoints are starting points: upstream trains AudioSet models from them with
+# --pretrain_final_temp=30, i.e. the dynamic convs start at τ = 30 (softer kernel attention) and the
+# schedule anneals it to 1. Loading them with τ = 1 would not be what upstream starts from.
+_DYMN_IM_TEMPERATURE = 30.0
+
+
+def _dymn(width: str, temperature: float = _DYMN_AS_TEMPERATURE, **changes) -> ModelConfig:
+    return ModelConfig(arch="dymn", width_mult=_WIDTHS[width], dyconv_temperature=temperature, **changes)
+
+
+# mAP: from the file name where it has one (dymn20_as_mAP_493: 49.3, the README prints 49.1 for
+# dymn20_as), else the README (dymn04_as 45.0, dymn10_as 47.7); None where nothing is published.
+for _name, _file, _w, _map in (
+    ("dymn04_as", "dymn04_as.pt", "04", 0.450),
+    ("dymn10_as", "dymn10_as.pt", "10", 0.477),
+    ("dymn20_as", "dymn20_as_mAP_493.pt", "20", 0.493),
+    ("dymn20_as(1)", "dymn20_as.pt", "20", None),
+    ("dymn20_as(2)", "dymn20_as_mAP_489.pt", "20", 0.489),
+    ("dymn20_as(3)", "dymn20_as_mAP_490.pt", "20", 0.490),
+):
+    _add(_name, _file, _dymn(_w), _map, _DYMN_README_PARAMS_M[_w], f"DyMN width {_WIDTHS[_w]:g}, AudioSet")
+
+# Dynamic blocks only where MN has SE, static blocks (no SE) elsewhere. No published mAP or params.
+# Upstream's URL for dymn10_replace_se_as.pt has a leading space (" dymn10_replace_se_as.pt"), so its
+# download is broken there; the release asset name is used here without it.
+for _w in ("04", "10"):
+    _add(
+        f"dymn{_w}_replace_se_as",
+        f"dymn{_w}_replace_se_as.pt",
+        _dymn(_w, use_dy_blocks="replace_se"),
+        None,
+        None,
+        f"DyMN width {_WIDTHS[_w]:g}, dynamic blocks replace SE only, AudioSet",
+    )
+
+for _w in ("04", "10", "20"):
+    _add(
+        f"dymn{_w}_im",
+        f"dymn{_w}_im.pt",
+        _dymn(_w, temperature=_DYMN_IM_TEMPERATURE),
+        None,
+        _DYMN_README_PARAMS_M[_w],
+        f"DyMN width {_WIDTHS[_w]:g}, ImageNet (fine-tune starting point, τ = 30)",
+    )

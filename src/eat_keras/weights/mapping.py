@@ -4,14 +4,15 @@
 with the upstream module path it corresponds to. The same list drives both importers: the ``.pt``
 path looks tensors up by name, the ONNX path pairs the list with the graph's parametric ops in data-
 flow order (see ``onnx_reader``). :func:`assign_state_dict` then converts layouts (OIHW → HWIO,
-Linear [out, in] → [in, out]), checks every shape, assigns each Keras weight exactly once and fails
-if any source tensor is left unused.
+Linear [out, in] → [in, out], DyMN's stacked dynamic kernels), checks every shape, assigns each Keras
+weight exactly once, checks constant buffers (DyReLU's) and fails if any source tensor is left unused.
+How each kind of slot maps is one entry of :data:`SLOT_KINDS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import tf_keras
@@ -25,29 +26,35 @@ from eat_keras.models.network import EfficientATNet
 # Buffers upstream stores that carry no information for inference.
 IGNORED_SUFFIXES = (".num_batches_tracked",)
 
-CONV_BN = "conv_bn"
-LINEAR = "linear"
-PARAMETER = "parameter"
+# Slot kinds (see SLOT_KINDS below for their upstream tensors and Keras targets).
+CONV_BN = "conv_bn"  # torchvision ConvNormActivation: conv without bias + BatchNorm (ConvBNAct)
+LINEAR = "linear"  # nn.Linear (Dense)
+PARAMETER = "parameter"  # a bare nn.Parameter held in a Keras attribute
+CONV_BIAS = "conv_bias"  # nn.Conv2d with bias, no norm (Conv2D)
+BN = "bn"  # a stand-alone BatchNorm2d (BatchNormalization)
+DYNAMIC_CONV = "dynamic_conv"  # DyMN DynamicConv: K stacked kernels + attention Linear
+CONSTANT = "constant"  # a buffer fixed by the architecture: checked, never assigned
+
+_BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
 
 
 @dataclasses.dataclass(frozen=True)
 class WeightSlot:
-    """One weight-bearing unit: upstream module path, its kind and the Keras layer that holds it."""
+    """One weight-bearing unit: upstream module path, its kind and the Keras layer that holds it.
+
+    ``attr`` names the Keras attribute holding the value for PARAMETER (a variable) and CONSTANT
+    (a numpy array) slots. ``conv_bn_names`` are the child names of conv and norm inside a CONV_BN
+    module: torchvision's ``0``/``1``, or e.g. ``joint_conv``/``joint_norm`` in DyMN's ContextGen.
+    """
 
     prefix: str
     kind: str
     layer: tf_keras.layers.Layer
-    attr: str = ""  # for PARAMETER slots: the Keras attribute holding the variable
+    attr: str = ""
+    conv_bn_names: tuple[str, str] = ("0", "1")
 
     def source_keys(self) -> list[str]:
-        p = self.prefix
-        if self.kind == CONV_BN:
-            return [f"{p}.0.weight"] + [
-                f"{p}.1.{n}" for n in ("weight", "bias", "running_mean", "running_var")
-            ]
-        if self.kind == LINEAR:
-            return [f"{p}.weight", f"{p}.bias"]
-        return [p]
+        return SLOT_KINDS[self.kind].keys(self)
 
 
 def _block_slots(prefix: str, block: InvertedResidual) -> Iterator[WeightSlot]:
@@ -105,38 +112,143 @@ def _keras_conv_to_torch_shape(shape: tuple[int, ...], depthwise: bool) -> tuple
     return (a, b, kh, kw) if depthwise else (b, a, kh, kw)
 
 
-def _expected_source_shapes(slot: WeightSlot) -> dict[str, tuple[int, ...]]:
+Shape = tuple[int, ...]
+Assignment = tuple[object, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotKind:
+    """How one kind of slot maps: its upstream keys, their shapes (derived from the built Keras
+    layer) and the (Keras variable, value) pairs made from the tensors (given in key order)."""
+
+    keys: Callable[[WeightSlot], list[str]]
+    shapes: Callable[[WeightSlot], list[Shape]]
+    values: Callable[[WeightSlot, list[np.ndarray]], list[Assignment]]
+
+
+def _suffixed(*suffixes: str) -> Callable[[WeightSlot], list[str]]:
+    return lambda slot: [f"{slot.prefix}.{s}" if s else slot.prefix for s in suffixes]
+
+
+def _bn_shapes(bn: tf_keras.layers.BatchNormalization) -> list[Shape]:
+    return [tuple(bn.gamma.shape)] * len(_BN_FIELDS)
+
+
+def _bn_values(bn: tf_keras.layers.BatchNormalization, tensors: list[np.ndarray]) -> list[Assignment]:
+    gamma, beta, mean, var = tensors
+    return [(bn.gamma, gamma), (bn.beta, beta), (bn.moving_mean, mean), (bn.moving_variance, var)]
+
+
+# -- conv_bn: ConvBNAct ----------------------------------------------------------------------------
+def _conv_bn_keys(slot: WeightSlot) -> list[str]:
+    conv, norm = slot.conv_bn_names
+    return [f"{slot.prefix}.{conv}.weight"] + [f"{slot.prefix}.{norm}.{f}" for f in _BN_FIELDS]
+
+
+def _conv_bn_shapes(slot: WeightSlot) -> list[Shape]:
+    layer = slot.layer
+    assert isinstance(layer, ConvBNAct)
+    kernel = tuple(layer.conv.weights[0].shape)
+    return [_keras_conv_to_torch_shape(kernel, layer.depthwise)] + _bn_shapes(layer.bn)
+
+
+def _conv_bn_values(slot: WeightSlot, tensors: list[np.ndarray]) -> list[Assignment]:
+    layer = slot.layer
+    weight = _torch_conv_to_keras(tensors[0], layer.depthwise)
+    return [(layer.conv.weights[0], weight)] + _bn_values(layer.bn, tensors[1:])
+
+
+# -- conv_bias: Conv2D with bias -------------------------------------------------------------------
+def _conv_bias_shapes(slot: WeightSlot) -> list[Shape]:
+    kernel = tuple(slot.layer.kernel.shape)
+    return [_keras_conv_to_torch_shape(kernel, False), (kernel[3],)]
+
+
+def _conv_bias_values(slot: WeightSlot, tensors: list[np.ndarray]) -> list[Assignment]:
+    weight, bias = tensors
+    return [(slot.layer.kernel, _torch_conv_to_keras(weight, False)), (slot.layer.bias, bias)]
+
+
+# -- dynamic_conv: DynamicConv ---------------------------------------------------------------------
+# upstream ``weight`` is [1, att_groups=1, K, O·(I/g)·kh·kw], flattened in (out, in, kh, kw) order
+def _dynamic_conv_shapes(slot: WeightSlot) -> list[Shape]:
+    layer = slot.layer
+    kernel = tuple(layer.kernel.shape)
+    num_kernels = layer.num_kernels
+    flat = int(np.prod(kernel)) // num_kernels
+    attention = tuple(layer.attention.kernel.shape)
+    return [(1, 1, num_kernels, flat), (attention[1], attention[0]), (attention[1],)]
+
+
+def _dynamic_conv_values(slot: WeightSlot, tensors: list[np.ndarray]) -> list[Assignment]:
+    layer = slot.layer
+    weight, att_weight, att_bias = tensors
+    num_kernels, k = layer.num_kernels, layer.kernel_size
+    if layer.depthwise:  # [K, C, 1, kh, kw] → DepthwiseConv2D layout [kh, kw, C, K]
+        kernel = weight.reshape(num_kernels, -1, 1, k, k)[:, :, 0].transpose(2, 3, 1, 0)
+    else:  # 1x1: [K, O, I] → [K, I, O]
+        out_channels = layer.filters
+        kernel = weight.reshape(num_kernels, out_channels, -1).transpose(0, 2, 1)
+    return [
+        (layer.kernel, kernel),
+        (layer.attention.kernel, att_weight.T),
+        (layer.attention.bias, att_bias),
+    ]
+
+
+# -- linear: Dense ---------------------------------------------------------------------------------
+def _linear_shapes(slot: WeightSlot) -> list[Shape]:
+    kernel = tuple(slot.layer.kernel.shape)
+    return [(kernel[1], kernel[0]), (kernel[1],)]
+
+
+def _linear_values(slot: WeightSlot, tensors: list[np.ndarray]) -> list[Assignment]:
+    weight, bias = tensors
+    return [(slot.layer.kernel, weight.T), (slot.layer.bias, bias)]
+
+
+SLOT_KINDS: dict[str, SlotKind] = {
+    CONV_BN: SlotKind(_conv_bn_keys, _conv_bn_shapes, _conv_bn_values),
+    CONV_BIAS: SlotKind(_suffixed("weight", "bias"), _conv_bias_shapes, _conv_bias_values),
+    BN: SlotKind(
+        _suffixed(*_BN_FIELDS),
+        lambda slot: _bn_shapes(slot.layer),
+        lambda slot, tensors: _bn_values(slot.layer, tensors),
+    ),
+    DYNAMIC_CONV: SlotKind(
+        _suffixed("weight", "residuals.0.weight", "residuals.0.bias"),
+        _dynamic_conv_shapes,
+        _dynamic_conv_values,
+    ),
+    LINEAR: SlotKind(_suffixed("weight", "bias"), _linear_shapes, _linear_values),
+    PARAMETER: SlotKind(
+        _suffixed(""),
+        lambda slot: [tuple(getattr(slot.layer, slot.attr).shape)],
+        lambda slot, tensors: [(getattr(slot.layer, slot.attr), tensors[0])],
+    ),
+    # checked against the layer's constant in assign_state_dict, nothing to assign
+    CONSTANT: SlotKind(
+        _suffixed(""), lambda slot: [tuple(np.shape(getattr(slot.layer, slot.attr)))], lambda slot, tensors: []
+    ),
+}
+
+
+def _expected_source_shapes(slot: WeightSlot) -> dict[str, Shape]:
     """Shapes the upstream tensors of ``slot`` must have, derived from the (built) Keras layer."""
-    keys = slot.source_keys()
-    layer = slot.layer
-    if slot.kind == CONV_BN:
-        assert isinstance(layer, ConvBNAct)
-        kernel = tuple(layer.conv.weights[0].shape)
-        channels = (kernel[2] * kernel[3],) if layer.depthwise else (kernel[3],)
-        return {keys[0]: _keras_conv_to_torch_shape(kernel, layer.depthwise), **{k: channels for k in keys[1:]}}
-    if slot.kind == LINEAR:
-        kernel = tuple(layer.kernel.shape)
-        return {keys[0]: (kernel[1], kernel[0]), keys[1]: (kernel[1],)}
-    return {keys[0]: tuple(getattr(layer, slot.attr).shape)}
+    kind = SLOT_KINDS[slot.kind]
+    return dict(zip(kind.keys(slot), kind.shapes(slot)))
 
 
-def _keras_values(slot: WeightSlot, tensors: list[np.ndarray]) -> list[tuple[object, np.ndarray]]:
+def _keras_values(slot: WeightSlot, tensors: list[np.ndarray]) -> list[Assignment]:
     """(Keras variable, value) pairs for one slot; ``tensors`` ordered as ``slot.source_keys()``."""
-    layer = slot.layer
-    if slot.kind == CONV_BN:
-        weight, gamma, beta, mean, var = tensors
-        bn = layer.bn
-        return [
-            (layer.conv.weights[0], _torch_conv_to_keras(weight, layer.depthwise)),
-            (bn.gamma, gamma),
-            (bn.beta, beta),
-            (bn.moving_mean, mean),
-            (bn.moving_variance, var),
-        ]
-    if slot.kind == LINEAR:
-        weight, bias = tensors
-        return [(layer.kernel, weight.T), (layer.bias, bias)]
-    return [(getattr(layer, slot.attr), tensors[0])]
+    return SLOT_KINDS[slot.kind].values(slot, tensors)
+
+
+def constant_values(slots: list[WeightSlot]) -> dict[str, np.ndarray]:
+    """Upstream buffers whose value the architecture fixes (CONSTANT slots), by key."""
+    return {
+        slot.prefix: np.asarray(getattr(slot.layer, slot.attr)) for slot in slots if slot.kind == CONSTANT
+    }
 
 
 def strip_wrapper_prefix(state: Mapping[str, np.ndarray], anchors: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -160,13 +272,19 @@ def assign_state_dict(
 
     Every Keras weight receives exactly one tensor and every tensor in ``state`` (other than
     ``num_batches_tracked``) must be consumed; otherwise :class:`ArchitectureMismatchError` names
-    the offending tensor. ``extra_checks`` are tensors whose value is fixed by the architecture
-    (e.g. DyReLU's ``lambdas``): they must be present with exactly that value.
+    the offending tensor. Buffers whose value the architecture fixes (CONSTANT slots, e.g. DyReLU's
+    ``lambdas`` and ``init_v``) must be present with exactly that value; ``extra_checks`` adds
+    further such tensors (key → required value).
     """
     used: set[str] = set()
-    assignments: list[tuple[object, np.ndarray]] = []
+    assignments: list[Assignment] = []
     arch = f"{net.config.arch} width {net.config.width_mult:g}, {net.config.head_type} head"
-    for slot in weight_slots(net):
+    slots = weight_slots(net)
+    # constants the architecture fixes (DyReLU's lambdas/init_v) come from the slots themselves
+    checks = {**constant_values(slots), **dict(extra_checks or {})}
+    for slot in slots:
+        if slot.kind == CONSTANT:
+            continue
         expected = _expected_source_shapes(slot)
         tensors = []
         for key, shape in expected.items():
@@ -183,11 +301,13 @@ def assign_state_dict(
             tensors.append(value.astype(np.float32))
             used.add(key)
         assignments.extend(_keras_values(slot, tensors))
-    for key, value in (extra_checks or {}).items():
-        if key not in state or not np.allclose(state[key], value):
+    for key, value in checks.items():
+        value = np.asarray(value)
+        got = None if key not in state else np.asarray(state[key])
+        if got is None or got.shape != value.shape or not np.allclose(got, value):
             raise ArchitectureMismatchError(
-                f"{source}: constant {key} must equal {value.tolist()}, "
-                f"got {None if key not in state else np.asarray(state[key]).tolist()}"
+                f"{source}: constant {key} must equal {value.tolist()} (shape {value.shape}), "
+                f"got {None if got is None else got.tolist()}"
             )
         used.add(key)
     unused = [k for k in state if k not in used and not k.endswith(IGNORED_SUFFIXES)]

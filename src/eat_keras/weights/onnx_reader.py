@@ -7,20 +7,42 @@ keep the state-dict names. So the reader ignores names: it lists the graph's par
 (Conv [+ BatchNormalization], Gemm, MatMul [+ Add]) in data-flow order, infers the architecture
 from their shapes and attributes, and pairs them one by one with the model's weight slots
 (``mapping.weight_slots``), checking every shape.
+
+DyMN graphs are recognised by structure as well. Upstream DyMN exports only at a fixed shape
+(batch 1; its adaptive pooling refuses dynamic axes), and the parts that matter look like this:
+
+* DynamicConv: ``Gemm(h_c) [→ Div τ] → Softmax → MatMul(·, weight [1, 1, K, N])`` whose result,
+  through Transpose/Reshape, is the *weight input* of a Conv (group, strides, kernel); the
+  BatchNormalization after it stays a node (it cannot be folded into a runtime kernel);
+* DyReLU: ``Gemm(h_c) → Sigmoid → … → Mul(lambdas) → Add(init_v)``;
+* ContextGen: its joint conv + norm folded into one Conv with bias, ``conv_f`` / ``conv_t`` Convs
+  with bias; stem and last conv folded as in MN.
+
+The temperature τ is read from the Div constant (1.0 if there is none).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from eat_keras.errors import ArchitectureMismatchError, WeightFileError
+from eat_keras.models.dymn import REPLACE_SE_DYNAMIC_BLOCKS
 from eat_keras.weights.architecture import default_label_type, width_from_channels
-from eat_keras.weights.mapping import CONV_BN, LINEAR, WeightSlot, _expected_source_shapes
+from eat_keras.weights.mapping import (
+    BN,
+    CONSTANT,
+    CONV_BIAS,
+    CONV_BN,
+    DYNAMIC_CONV,
+    LINEAR,
+    WeightSlot,
+    _expected_source_shapes,
+)
 
 
 @dataclasses.dataclass
@@ -46,7 +68,43 @@ class LinearOp:
     bias: np.ndarray | None
 
 
-ParametricOp = ConvOp | LinearOp
+@dataclasses.dataclass
+class DynamicConvOp:
+    name: str  # ONNX name of the stacked-kernel initialiser
+    weight: np.ndarray  # [1, 1, K, O·(I/g)·kh·kw], as upstream's DynamicConv.weight
+    attention: LinearOp  # upstream ``residuals.0``
+    temperature: float
+    group: int  # upstream folds the batch into groups (groups·B); exports are batch 1
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+
+    @property
+    def depthwise(self) -> bool:
+        return self.group > 1
+
+
+@dataclasses.dataclass
+class BatchNormOp:
+    """A BatchNormalization node not fed directly by a constant-weight Conv (DyMN's exp/depth/proj
+    norms, which follow a runtime-kernel conv)."""
+
+    name: str  # ONNX name of the scale initialiser
+    weight: np.ndarray  # scale (torch calls it ``weight``)
+    bias: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    epsilon: float
+
+
+@dataclasses.dataclass
+class ConstantOp:
+    """A constant the architecture fixes (DyReLU's ``lambdas``, ``init_v``), read to be verified."""
+
+    name: str
+    weight: np.ndarray
+
+
+ParametricOp = ConvOp | LinearOp | DynamicConvOp | BatchNormOp | ConstantOp
 
 
 def load_onnx_model(path: Path):
@@ -65,7 +123,8 @@ def load_onnx_model(path: Path):
 
 
 class _Graph:
-    """Constant tensors (initialisers, Constant and Identity-of-constant nodes) and consumers."""
+    """Constant tensors (initialisers, Constant and Identity-of-constant nodes), and each tensor's
+    producing node and consuming nodes."""
 
     def __init__(self, model: Any) -> None:
         from onnx import numpy_helper
@@ -83,19 +142,29 @@ class _Graph:
                 self.constants[node.output[0]] = self.constants[node.input[0]]
         self.nodes = list(graph.node)
         self.consumers: dict[str, list[Any]] = {}
+        self.producer: dict[str, Any] = {}
         for node in self.nodes:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
+            for name in node.output:
+                self.producer[name] = node
 
     def const(self, name: str, path: Path) -> np.ndarray:
         if name not in self.constants:
             raise WeightFileError(f"{path}: op input {name!r} is not a constant; unsupported export")
         return self.constants[name]
 
-    def only_consumer(self, output: str, op_type: str) -> Any | None:
+    def only_consumer(self, output: str, op_type: str | None = None) -> Any | None:
         users = self.consumers.get(output, [])
-        if len(users) == 1 and users[0].op_type == op_type:
+        if len(users) == 1 and (op_type is None or users[0].op_type == op_type):
             return users[0]
+        return None
+
+    def constant_operand(self, node: Any, data: str) -> np.ndarray | None:
+        """The constant other input of a binary node whose data input is ``data``."""
+        others = [n for n in node.input if n != data]
+        if len(others) == 1 and others[0] in self.constants:
+            return self.constants[others[0]]
         return None
 
 
@@ -105,11 +174,113 @@ def _attrs(node: Any) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+# Nodes that only move data around between the parts of a DynamicConv.
+_LAYOUT_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+
+
+def _linear_from_gemm(graph: _Graph, node: Any, path: Path) -> LinearOp:
+    attrs = _attrs(node)
+    if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+        raise WeightFileError(f"{path}: Gemm {node.name} has unsupported attributes {attrs}")
+    weight = graph.const(node.input[1], path)
+    weight = weight if attrs.get("transB", 0) else weight.T
+    bias = graph.const(node.input[2], path) if len(node.input) > 2 and node.input[2] else None
+    return LinearOp(node.input[1], weight, bias)
+
+
+def _dynamic_conv(graph: _Graph, matmul: Any, path: Path) -> tuple[DynamicConvOp, Any] | None:
+    """A DynamicConv whose stacked kernels are ``matmul``'s constant operand, with the Gemm that
+    computes its attention logits; None if ``matmul`` is not one."""
+    weight = graph.constants.get(matmul.input[1])
+    if weight is None or weight.ndim != 4 or weight.shape[:2] != (1, 1):
+        return None
+
+    def broken(what: str) -> WeightFileError:
+        return WeightFileError(
+            f"{path}: MatMul {matmul.name} with stacked kernels {matmul.input[1]} {weight.shape}: "
+            f"{what}; not an export of upstream DynamicConv"
+        )
+
+    softmax = graph.producer.get(matmul.input[0])
+    if softmax is None or softmax.op_type != "Softmax":
+        raise broken("its attention is not a Softmax")
+    node, temperature = graph.producer.get(softmax.input[0]), 1.0
+    if node is not None and node.op_type in ("Div", "Mul"):
+        scale = graph.constant_operand(node, node.input[0])
+        if scale is None or scale.size != 1:
+            raise broken(f"{node.op_type} {node.name} before the Softmax is not by a scalar constant")
+        temperature = float(scale) if node.op_type == "Div" else 1.0 / float(scale)
+        node = graph.producer.get(node.input[0])
+    while node is not None and node.op_type in _LAYOUT_OPS:
+        node = graph.producer.get(node.input[0])
+    if node is None or node.op_type != "Gemm" or node.input[1] not in graph.constants:
+        raise broken("the Softmax input does not come from a Gemm with constant weights")
+    gemm = node
+    # follow the aggregated kernel through layout ops to the Conv that uses it as its weight
+    frontier, conv = [matmul.output[0]], None
+    while frontier and conv is None:
+        tensor = frontier.pop()
+        for user in graph.consumers.get(tensor, []):
+            if user.op_type == "Conv" and len(user.input) > 1 and user.input[1] == tensor:
+                conv = user
+            elif user.op_type in _LAYOUT_OPS:
+                frontier.append(user.output[0])
+    if conv is None:
+        raise broken("its aggregated kernel feeds no Conv")
+    attrs = _attrs(conv)
+    op = DynamicConvOp(
+        matmul.input[1],
+        weight,
+        _linear_from_gemm(graph, gemm, path),
+        temperature,
+        int(attrs.get("group", 1)),
+        tuple(attrs.get("strides", (1, 1))),
+        tuple(attrs.get("dilations", (1, 1))),
+    )
+    return op, gemm
+
+
+def _dyrelu_constants(graph: _Graph, gemm: Any) -> list[ConstantOp]:
+    """``[lambdas, init_v]`` if ``gemm`` computes DyReLU coefficients, else ``[]``.
+
+    Upstream: ``θ = 2σ(Gemm) − 1 → Reshape → · lambdas → + init_v``; both are 1-D of length 2M.
+    MN's SE (Gemm → Sigmoid → Mul by the feature map) has no such constants.
+    """
+    node = graph.only_consumer(gemm.output[0], "Sigmoid")
+    lambdas = None
+    for _ in range(16):  # the chain is a handful of elementwise/layout nodes long
+        if node is None:
+            return []
+        const_names = [n for n in node.input if n in graph.constants]
+        if node.op_type in ("Mul", "Add") and len(const_names) == 1:
+            const_name = const_names[0]
+            value = graph.constants[const_name]
+            if value.ndim == 1 and value.size > 1:
+                if node.op_type == "Mul":
+                    lambdas = ConstantOp(const_name, value)
+                elif lambdas is not None:
+                    return [lambdas, ConstantOp(const_name, value)]
+        node = graph.only_consumer(node.output[0])
+    return []
+
+
 def read_parametric_ops(path: Path) -> list[ParametricOp]:
-    """Conv / Linear ops of an ONNX graph in its (topological = data-flow) order."""
+    """Parametric ops of an ONNX graph in its (topological = data-flow) order.
+
+    Conv (+ a BatchNormalization it feeds directly), Gemm / MatMul (+ Add) as linear layers, and for
+    DyMN: DynamicConv (at its stacked-kernel MatMul; its attention Gemm is part of it), the
+    BatchNormalization nodes after dynamic convs, and DyReLU's constants after its Gemm.
+    """
     path = Path(path)
     graph = _Graph(load_onnx_model(path))
+    dynamic: dict[str, DynamicConvOp] = {}  # by MatMul output
+    attention_gemms: set[str] = set()  # Gemm outputs that belong to a DynamicConv
+    for node in graph.nodes:
+        if node.op_type == "MatMul" and (found := _dynamic_conv(graph, node, path)) is not None:
+            dynamic[node.output[0]] = found[0]
+            attention_gemms.add(found[1].output[0])
     ops: list[ParametricOp] = []
+    fused_batchnorms: set[str] = set()
     for node in graph.nodes:
         attrs = _attrs(node)
         if node.op_type == "Conv" and node.input[1] in graph.constants:
@@ -129,14 +300,20 @@ def read_parametric_ops(path: Path) -> list[ParametricOp]:
                     *(graph.const(n, path) for n in bn.input[1:5]),
                     float(_attrs(bn).get("epsilon", 1e-5)),
                 )
+                fused_batchnorms.add(bn.output[0])
             ops.append(op)
+        elif node.op_type == "BatchNormalization" and node.output[0] not in fused_batchnorms:
+            scale, bias, mean, var = (graph.const(n, path) for n in node.input[1:5])
+            ops.append(
+                BatchNormOp(node.input[1], scale, bias, mean, var, float(attrs.get("epsilon", 1e-5)))
+            )
         elif node.op_type == "Gemm" and node.input[1] in graph.constants:
-            weight = graph.const(node.input[1], path)
-            if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
-                raise WeightFileError(f"{path}: Gemm {node.name} has unsupported attributes {attrs}")
-            weight = weight if attrs.get("transB", 0) else weight.T
-            bias = graph.const(node.input[2], path) if len(node.input) > 2 and node.input[2] else None
-            ops.append(LinearOp(node.input[1], weight, bias))
+            if node.output[0] in attention_gemms:
+                continue  # already part of its DynamicConvOp
+            ops.append(_linear_from_gemm(graph, node, path))
+            ops.extend(_dyrelu_constants(graph, node))
+        elif node.op_type == "MatMul" and node.output[0] in dynamic:
+            ops.append(dynamic[node.output[0]])
         elif node.op_type == "MatMul" and node.input[1] in graph.constants:
             weight = graph.const(node.input[1], path).T  # MatMul right operand is [in, out]
             add = graph.only_consumer(node.output[0], "Add")
@@ -152,8 +329,9 @@ def read_parametric_ops(path: Path) -> list[ParametricOp]:
 
 
 def infer_config_from_ops(ops: Sequence[ParametricOp], source: str) -> dict[str, Any]:
-    """Width, head, classes and strides of an MN graph from its ops."""
+    """Family, width, head, classes and strides (DyMN: also block mode and τ) from the ops."""
     convs = [op for op in ops if isinstance(op, ConvOp)]
+    dynamic = [op for op in ops if isinstance(op, DynamicConvOp)]
     if len(convs) < 3 or convs[0].weight.shape[1] != 1:
         raise ArchitectureMismatchError(f"{source}: graph does not start with the 1-channel stem conv")
     if isinstance(ops[-1], LinearOp):
@@ -163,14 +341,15 @@ def infer_config_from_ops(ops: Sequence[ParametricOp], source: str) -> dict[str,
         head, classes = "fully_convolutional", int(convs[-1].weight.shape[0])
         last_conv = convs[-2]
     width = width_from_channels(int(convs[0].weight.shape[0]), int(last_conv.weight.shape[0]), source)
-    depthwise = [op for op in convs if op.depthwise]
+    # one depthwise conv per block, static (MN, DyMN replace_se) or dynamic (DyMN)
+    depthwise = [op for op in ops if isinstance(op, (ConvOp, DynamicConvOp)) and op.depthwise]
     if len(depthwise) != 15:
         raise ArchitectureMismatchError(
-            f"{source}: found {len(depthwise)} depthwise convolutions, an MN has 15"
+            f"{source}: found {len(depthwise)} depthwise convolutions, MN and DyMN have 15"
         )
     # Blocks 1, 3, 6 and 12 (0-based) carry the configurable strides C1..C4.
     strides = tuple(int(depthwise[i].strides[0]) for i in (1, 3, 6, 12))
-    return {
+    fields: dict[str, Any] = {
         "arch": "mn",
         "width_mult": width,
         "head_type": head,
@@ -178,16 +357,102 @@ def infer_config_from_ops(ops: Sequence[ParametricOp], source: str) -> dict[str,
         "strides": strides,
         "label_type": default_label_type(classes),
     }
+    if dynamic:
+        dynamic_blocks = sum(op.depthwise for op in dynamic)
+        modes = {15: "all", len(REPLACE_SE_DYNAMIC_BLOCKS): "replace_se"}
+        if dynamic_blocks not in modes:
+            raise ArchitectureMismatchError(
+                f"{source}: {dynamic_blocks} dynamic blocks; a DyMN has 15 (all) or "
+                f"{len(REPLACE_SE_DYNAMIC_BLOCKS)} (replace_se)"
+            )
+        temperatures = sorted({op.temperature for op in dynamic})
+        if len(temperatures) != 1:
+            raise ArchitectureMismatchError(
+                f"{source}: dynamic convs use different temperatures {temperatures}"
+            )
+        fields.update(arch="dymn", use_dy_blocks=modes[dynamic_blocks], dyconv_temperature=temperatures[0])
+    return fields
+
+
+# --- pairing ops with weight slots -------------------------------------------------------------
+
+
+def _describe(op: ParametricOp) -> str:
+    return f"{type(op).__name__} {op.name} with weight shape {tuple(op.weight.shape)}"
+
+
+def _conv_bn_tensors(op: ConvOp, slot: WeightSlot, source: str) -> list[np.ndarray]:
+    """A conv whose BatchNorm was folded by the exporter gets an identity BatchNorm (gamma 1,
+    mean 0, var 1 - eps) whose beta is the folded bias."""
+    channels = op.weight.shape[0]
+    eps = float(slot.layer.bn.epsilon)
+    if op.batchnorm is not None:
+        gamma, beta, mean, var, onnx_eps = op.batchnorm
+        if op.bias is not None:  # conv bias before BN shifts the mean
+            mean = mean - op.bias
+        # keep var + eps identical when the export's epsilon differs from the Keras layer's
+        var = var + (onnx_eps - eps)
+    else:
+        gamma = np.ones(channels, np.float32)
+        beta = op.bias if op.bias is not None else np.zeros(channels, np.float32)
+        mean = np.zeros(channels, np.float32)
+        var = np.full(channels, 1.0 - eps, np.float32)
+    return [op.weight, gamma, beta, mean, var]
+
+
+def _conv_bias_tensors(op: ConvOp, slot: WeightSlot, source: str) -> list[np.ndarray]:
+    if op.batchnorm is not None:
+        raise ArchitectureMismatchError(
+            f"{source}: at {slot.prefix} expected a conv with bias and no norm, {_describe(op)} "
+            "feeds a BatchNormalization"
+        )
+    bias = op.bias if op.bias is not None else np.zeros(op.weight.shape[0], np.float32)
+    return [op.weight, bias]
+
+
+def _linear_tensors(op: LinearOp, slot: WeightSlot, source: str) -> list[np.ndarray]:
+    bias = op.bias if op.bias is not None else np.zeros(op.weight.shape[0], np.float32)
+    return [op.weight, bias]
+
+
+def _dynamic_conv_tensors(op: DynamicConvOp, slot: WeightSlot, source: str) -> list[np.ndarray]:
+    layer = slot.layer
+    if op.depthwise != layer.depthwise or int(op.strides[0]) != layer.strides:
+        raise ArchitectureMismatchError(
+            f"{source}: {_describe(op)} (for {slot.prefix}) is a "
+            f"{'depthwise' if op.depthwise else '1x1'} conv with stride {op.strides[0]}, expected "
+            f"{'depthwise' if layer.depthwise else '1x1'} with stride {layer.strides}"
+        )
+    attention = op.attention
+    bias = attention.bias if attention.bias is not None else np.zeros(attention.weight.shape[0], np.float32)
+    return [op.weight, attention.weight, bias]
+
+
+def _batchnorm_tensors(op: BatchNormOp, slot: WeightSlot, source: str) -> list[np.ndarray]:
+    eps = float(slot.layer.epsilon)
+    return [op.weight, op.bias, op.mean, op.var + (op.epsilon - eps)]
+
+
+def _constant_tensors(op: ConstantOp, slot: WeightSlot, source: str) -> list[np.ndarray]:
+    return [op.weight]
+
+
+# slot kind → (op type it pairs with, tensors in ``slot.source_keys()`` order)
+_OP_FOR_SLOT: dict[str, tuple[type, Callable[[Any, WeightSlot, str], list[np.ndarray]]]] = {
+    CONV_BN: (ConvOp, _conv_bn_tensors),
+    CONV_BIAS: (ConvOp, _conv_bias_tensors),
+    LINEAR: (LinearOp, _linear_tensors),
+    DYNAMIC_CONV: (DynamicConvOp, _dynamic_conv_tensors),
+    BN: (BatchNormOp, _batchnorm_tensors),
+    CONSTANT: (ConstantOp, _constant_tensors),
+}
 
 
 def state_dict_from_ops(
     ops: Sequence[ParametricOp], slots: Sequence[WeightSlot], source: str
 ) -> dict[str, np.ndarray]:
-    """Pair ops with slots in order and return upstream-named tensors for ``assign_state_dict``.
-
-    A conv whose BatchNorm was folded by the exporter gets an identity BatchNorm (gamma 1, mean 0,
-    var 1 - eps) whose beta is the folded bias.
-    """
+    """Pair ops with slots in order and return upstream-named tensors for ``assign_state_dict``
+    (which then checks every remaining shape and DyReLU's constants)."""
     state: dict[str, np.ndarray] = {}
     remaining = list(ops)
     for slot in slots:
@@ -199,42 +464,21 @@ def state_dict_from_ops(
                 f"weight shape {expected[keys[0]]})"
             )
         op = remaining.pop(0)
-        want = ConvOp if slot.kind == CONV_BN else LinearOp if slot.kind == LINEAR else None
+        want, tensors_of = _OP_FOR_SLOT.get(slot.kind, (None, None))
         if want is None or not isinstance(op, want):
             raise ArchitectureMismatchError(
-                f"{source}: at {slot.prefix} expected a {slot.kind} op, found {type(op).__name__} "
-                f"{op.name} with weight shape {op.weight.shape}"
+                f"{source}: at {slot.prefix} expected a {slot.kind} op, found {_describe(op)}"
             )
         if tuple(op.weight.shape) != expected[keys[0]]:
             raise ArchitectureMismatchError(
                 f"{source}: tensor {op.name} (for {slot.prefix}) has shape {tuple(op.weight.shape)}, "
                 f"expected {expected[keys[0]]}"
             )
-        if isinstance(op, LinearOp):
-            channels = op.weight.shape[0]
-            state[keys[0]] = op.weight
-            state[keys[1]] = op.bias if op.bias is not None else np.zeros(channels, np.float32)
-            continue
-        channels = op.weight.shape[0]
-        eps = float(slot.layer.bn.epsilon)
-        state[keys[0]] = op.weight
-        if op.batchnorm is not None:
-            gamma, beta, mean, var, onnx_eps = op.batchnorm
-            if op.bias is not None:  # conv bias before BN shifts the mean
-                mean = mean - op.bias
-            # keep var + eps identical when the export's epsilon differs from the Keras layer's
-            var = var + (onnx_eps - eps)
-        else:
-            gamma = np.ones(channels, np.float32)
-            beta = op.bias if op.bias is not None else np.zeros(channels, np.float32)
-            mean = np.zeros(channels, np.float32)
-            var = np.full(channels, 1.0 - eps, np.float32)
-        for key, value in zip(keys[1:], (gamma, beta, mean, var)):
+        for key, value in zip(keys, tensors_of(op, slot, source)):
             state[key] = np.asarray(value, np.float32)
     if remaining:
-        op = remaining[0]
         raise ArchitectureMismatchError(
             f"{source}: {len(remaining)} op(s) left after the model's last layer, first "
-            f"{op.name} with weight shape {op.weight.shape}"
+            f"{_describe(remaining[0])}"
         )
     return state

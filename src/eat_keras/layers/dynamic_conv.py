@@ -1,0 +1,155 @@
+"""Dynamic convolution (upstream ``models/dymn/dy_block.py::DynamicConv``), batch- and length-agnostic.
+
+Upstream keeps K = 4 kernels, mixes them per sample with ``a = softmax(Linear(h_c) / τ)`` and runs
+one grouped conv with ``groups = B·C`` on the batch folded into channels. That needs per-sample
+(runtime) kernels inside a grouped conv, which TFLite has no builtin for and which only works for
+the batch size it was traced with. Convolution without bias is linear in its kernel, so the same
+result is obtained exactly, for any batch and length, with ops that TFLite has as builtins:
+
+* **1x1 (expand / project): aggregate, then batched matmul.** ``W_b = Σ_k a[b,k] W_k`` is one small
+  ``[B, K] @ [K, C_in·C_out]`` matmul; the conv is ``[B, F·T, C_in] @ [B, C_in, C_out]``
+  (BATCH_MATMUL). Same MACs as a static 1x1 conv.
+* **depthwise kxk: all K kernels at once, then contract.** One static ``DepthwiseConv2D`` with
+  ``depth_multiplier=K`` (TF orders its outputs ``c·K + k``) gives ``[B, F', T', C·K]``; viewed as
+  ``[B, F'·T'·C, K]`` it is contracted with the attention ``[B, K, 1]`` by a batched matmul. K× the
+  MACs of a static depthwise conv, yet the fastest builtin-only, any-batch variant measured.
+
+Measured alternatives (dymn04 layer shapes for a 10 s clip, all 15 blocks summed, ``tf.function``,
+TF 2.21 on a shared 2-core CPU; medians of 20 runs; ``tools/bench_dymn.py --formulations``; run-to-run
+noise was up to ±30 %, the ranking never changed; the "used" rows include the attention
+Dense + softmax):
+
+============================================  ==========  ==========
+formulation                                   batch 1     batch 8
+============================================  ==========  ==========
+1x1: static conv to K·C_out, weight, sum K      50 ms      542 ms
+1x1: aggregate kernel + batched matmul (used)   32 ms      139 ms
+dw: depth_multiplier K, multiply + sum over K   61 ms      535 ms
+dw: depth_multiplier K, matmul over K (used)    46 ms      359 ms
+dw: aggregate kernel, k² shifted slices         92 ms      840 ms
+dw: aggregate kernel, batch folded into C       23 ms      147 ms
+============================================  ==========  ==========
+
+The last, fastest depthwise variant needs a runtime filter whose channel count is ``B·C``: with a
+dynamic batch the TFLite converter rejects it (``tf.DepthwiseConv2dNative`` falls back to Flex), so
+it cannot serve "any batch in one builtin-only graph".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import tensorflow as tf
+import tf_keras
+
+DEFAULT_NUM_KERNELS = 4
+
+
+@tf_keras.utils.register_keras_serializable(package="eat_keras")
+class DynamicConv(tf_keras.layers.Layer):
+    """Input ``[B, F, T, C_in]`` and context ``[B, H]`` → ``[B, F', T', filters]``, no bias.
+
+    Either a 1x1 conv (``depthwise=False``, ``kernel_size=1``) or a depthwise kxk conv
+    (``depthwise=True``, ``filters == C_in``), with stride and PyTorch's symmetric padding
+    ``(k - 1) // 2 * dilation``. ``temperature`` divides the attention logits before the softmax;
+    pretrained AudioSet models use 1.0 (it is not stored in checkpoints).
+
+    Weights: ``kernel`` — 1x1: ``[K, C_in, C_out]``; depthwise: ``[kh, kw, C, K]`` (the
+    ``DepthwiseConv2D`` layout with depth multiplier K) — and ``attention`` (Dense H → K, upstream
+    ``residuals.0``).
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int = 1,
+        strides: int = 1,
+        depthwise: bool = False,
+        dilation: int = 1,
+        num_kernels: int = DEFAULT_NUM_KERNELS,
+        temperature: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not depthwise and kernel_size != 1:
+            raise ValueError("DynamicConv supports 1x1 convs and depthwise convs only")
+        if strides > 1 and dilation > 1:
+            raise ValueError("strides > 1 together with dilation > 1 is not supported")
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.depthwise = depthwise
+        self.dilation = dilation
+        self.num_kernels = num_kernels
+        self.temperature = float(temperature)
+        # upstream initialises every Linear N(0, 0.01), zero bias
+        self.attention = tf_keras.layers.Dense(
+            num_kernels,
+            kernel_initializer=tf_keras.initializers.RandomNormal(stddev=0.01),
+            name="attention",
+        )
+
+    def build(self, input_shape: tf.TensorShape) -> None:
+        in_channels = int(input_shape[-1])
+        if self.depthwise and in_channels != self.filters:
+            raise ValueError(f"depthwise DynamicConv needs filters == input channels ({in_channels})")
+        k, n = self.kernel_size, self.num_kernels
+        if self.depthwise:
+            shape = (k, k, in_channels, n)
+            fan_out = in_channels * k * k  # torch kaiming fan_out of one [C, 1, k, k] kernel
+        else:
+            shape = (n, in_channels, self.filters)
+            fan_out = self.filters
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=shape,
+            initializer=tf_keras.initializers.RandomNormal(stddev=math.sqrt(2.0 / fan_out)),
+        )
+        super().build(input_shape)
+
+    def kernel_attention(self, context: tf.Tensor) -> tf.Tensor:
+        """``softmax(Linear(h_c) / τ)`` over the K kernels: ``[B, K]``."""
+        return tf.nn.softmax(self.attention(context) / self.temperature, axis=-1)
+
+    def _pointwise(self, x: tf.Tensor, attention: tf.Tensor) -> tf.Tensor:
+        if self.strides > 1:  # a 1x1 conv without padding just subsamples
+            x = x[:, :: self.strides, :: self.strides, :]
+        shape = tf.shape(x)
+        batch, in_channels = shape[0], x.shape[-1]
+        kernels = tf.reshape(self.kernel, [self.num_kernels, in_channels * self.filters])
+        per_sample = tf.reshape(tf.matmul(attention, kernels), [batch, in_channels, self.filters])
+        y = tf.matmul(tf.reshape(x, [batch, -1, in_channels]), per_sample)
+        return tf.reshape(y, [batch, shape[1], shape[2], self.filters])
+
+    def _depthwise(self, x: tf.Tensor, attention: tf.Tensor) -> tf.Tensor:
+        pad = (self.kernel_size - 1) // 2 * self.dilation
+        if pad:
+            x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+        y = tf.nn.depthwise_conv2d(
+            x,
+            self.kernel,
+            strides=[1, self.strides, self.strides, 1],
+            padding="VALID",
+            dilations=[self.dilation, self.dilation],
+        )  # [B, F', T', C·K], channel c·K + k
+        shape = tf.shape(y)
+        batch = shape[0]
+        y = tf.matmul(tf.reshape(y, [batch, -1, self.num_kernels]), tf.expand_dims(attention, -1))
+        return tf.reshape(y, [batch, shape[1], shape[2], self.filters])
+
+    def call(self, x: tf.Tensor, context: tf.Tensor) -> tf.Tensor:
+        attention = self.kernel_attention(context)
+        return self._depthwise(x, attention) if self.depthwise else self._pointwise(x, attention)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "depthwise": self.depthwise,
+            "dilation": self.dilation,
+            "num_kernels": self.num_kernels,
+            "temperature": self.temperature,
+        }
