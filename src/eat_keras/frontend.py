@@ -128,10 +128,15 @@ def power_spectrogram(waveform: tf.Tensor, config: FrontendConfig) -> tf.Tensor:
 
 
 def log_mel_from_power(power: tf.Tensor, mel_banks: tf.Tensor) -> tf.Tensor:
-    """``[batch, frames, bins]`` power → ``[batch, n_mels, frames, 1]`` normalised log-mel (NHWC)."""
-    mel = tf.linalg.matmul(power, mel_banks)
-    log_mel = tf.math.log(mel + LOG_OFFSET)
-    return tf.transpose(log_mel, [0, 2, 1])[..., tf.newaxis]
+    """``[batch, frames, bins]`` power → ``[batch, n_mels, frames, 1]`` log-mel (NHWC, not normalised).
+
+    Written ``banks^T @ power^T``: the result comes out mel-major without a transpose, and the
+    constant is the *left* operand of the matmul, which TFLite's dynamic-range quantizer leaves in
+    float32 (as the right operand it would quantize the power spectrum on the fly and wreck the
+    log-mel).
+    """
+    mel = tf.linalg.matmul(tf.transpose(mel_banks), power, transpose_b=True)
+    return tf.expand_dims(tf.math.log(mel + LOG_OFFSET), -1)
 
 
 def normalize(log_mel: tf.Tensor) -> tf.Tensor:

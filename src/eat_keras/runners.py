@@ -70,20 +70,11 @@ class SavedModelRunner:
         return self._serve(waveform=tf.constant(waveforms, tf.float32))["logits"].numpy()
 
 
-def make_interpreter(path: str | Path, num_threads: int = 2):
-    """LiteRT interpreter (``ai_edge_litert`` when installed, else TensorFlow's) with XNNPACK."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        Interpreter = tf.lite.Interpreter
-    interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-    interpreter.allocate_tensors()
-    return interpreter
-
-
 class TFLiteRunner:
     def __init__(self, path: str | Path, label_type: str = "multi_label", labels_file: str | Path | None = None) -> None:
         self.name = f"tflite:{path}"
+        from eat_keras.export.tflite import make_interpreter
+
         self._interpreter = make_interpreter(path)
         (detail,) = self._interpreter.get_input_details()
         if len(detail["shape"]) != 2:

@@ -52,6 +52,7 @@ from eat_keras.train.evaluate import evaluate, true_ids
 from eat_keras.train.losses import CombinedLoss, class_balanced_weights, cross_entropy
 from eat_keras.train.metrics import ClassificationReport
 
+# monitored metric → which of two values is better
 MONITORS = {"val_accuracy": max, "val_macro_f1": max, "val_loss": min}
 
 
@@ -268,13 +269,14 @@ def finetune(
             opt.build(variables)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)  # completed epochs
         best_var = tf.Variable(np.nan, dtype=tf.float64, trainable=False)
+        best_loss_var = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
         best_epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
         bad_epochs_var = tf.Variable(0, dtype=tf.int64, trainable=False)
         rng = tf.random.Generator.from_seed(config.seed)
     del base
 
     checkpoint = tf.train.Checkpoint(
-        model=tagger, epoch=epoch_var, best=best_var, best_epoch=best_epoch_var,
+        model=tagger, epoch=epoch_var, best=best_var, best_loss=best_loss_var, best_epoch=best_epoch_var,
         bad_epochs=bad_epochs_var, rng=rng, **{f"optimizer_{i}": o for i, o in enumerate(optimizers)},
     )
     manager = tf.train.CheckpointManager(checkpoint, str(run.checkpoints), max_to_keep=2)
@@ -321,7 +323,7 @@ def finetune(
 
     def predict(waveforms: np.ndarray) -> np.ndarray:
         return predict_fn(tf.constant(waveforms)).numpy()
-    compare = MONITORS[config.monitor]
+    better = MONITORS[config.monitor]
     distributed = strategy.experimental_distribute_dataset(train_ds)
 
     for epoch in range(int(epoch_var), config.epochs):
@@ -352,8 +354,13 @@ def finetune(
         }
         history.append(row)
         value = row[config.monitor]
-        if math.isnan(float(best_var)) or compare(value, float(best_var)) != float(best_var):
+        # Small validation sets saturate (accuracy 1.0 from an early epoch on): a tie on the
+        # monitored metric goes to the lower validation loss, not to the first epoch that reached it.
+        best = float(best_var)
+        improved = math.isnan(best) or better(value, best) != best or (value == best and val_loss < float(best_loss_var))
+        if improved:
             best_var.assign(value)
+            best_loss_var.assign(val_loss)
             best_epoch_var.assign(epoch + 1)
             bad_epochs_var.assign(0)
             save_tagger(

@@ -1,0 +1,532 @@
+"""TFLite export: one self-contained ``.tflite`` per window length and quantization, front-end inside.
+
+Each waveform file maps a fixed window ``[1, N]`` float32 (mono, ``sample_rate`` Hz) to ``scores``
+``[1, classes]``; the upstream log-mel front-end (pre-emphasis, reflect padding, framing, symmetric
+Hann, ``RFFT2D``, power, Kaldi mel matrix, log, affine) runs inside the graph as TFLite builtin
+ops, so LiteRT, XNNPACK and MediaPipe run the file without Flex or custom ops. A log-mel variant
+``[1, n_mels, frames]`` → ``scores`` serves targets that compute the features themselves or cannot
+run an FFT.
+
+Quantizations (``<name>_<window>s_<quant>.tflite``, ``<name>_logmel_<frames>f_<quant>.tflite``):
+
+- ``float32``;
+- ``float16``: weights stored as float16, computed in float32 (half the size);
+- ``dynamic_int8``: int8 weights, float activations quantized on the fly;
+- ``int8``: full-integer network calibrated on user audio, float32 input and output tensors.
+
+The front-end always stays in float32 (its power spectrum spans ~14 decades, which int8 cannot
+hold): for ``int8`` the front-end nodes are excluded from quantization with the converter's
+selective-quantization debugger (``denylisted_nodes``); for ``dynamic_int8`` the mel projection is
+a batch matmul with the constant mel matrix as left operand, which the dynamic-range quantizer
+leaves in float. Every file is checked after conversion: builtin ops only, and no integer tensor
+inside the front-end.
+
+Outputs: ``scores`` only by default. MediaPipe treats every output tensor as a classification head,
+so ``logits`` and ``embedding`` (``outputs=(...)``) would show up as two extra, meaningless heads in
+``AudioClassifier`` results; they are for users of the plain interpreter. ``scores`` is always the
+first output tensor.
+
+Metadata (sample rate, channels, packed ``labels.txt``) is written with MediaPipe's metadata writer,
+see :mod:`eat_keras.export.metadata`. Files are written to a staging folder and renamed into
+``<out>/<name>/tflite/``: an interrupted export leaves nothing under a final name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from eat_keras import __version__
+from eat_keras.errors import EatKerasError
+from eat_keras.frontend import FrontendConfig
+from eat_keras.models import AudioTagger
+
+QUANTIZATIONS = ("float32", "float16", "dynamic_int8", "int8")
+OUTPUTS = ("scores", "logits", "embedding")
+DEFAULT_WINDOW_SECONDS = (1.0, 10.0)
+DEFAULT_CALIBRATION_WINDOWS = 100
+LABELS_FILE = "labels.txt"
+TFLITE_DIR = "tflite"
+#: name scope of the front-end ops in the converted graph; selects them for float-only checks
+FRONTEND_SCOPE = "eat_frontend"
+NUM_THREADS = 2
+
+_INTEGER_TENSOR_TYPES = ("INT8", "UINT8", "INT16", "INT4")
+
+
+class TFLiteExportError(EatKerasError):
+    """A TFLite export was asked for something it cannot do, or produced a file that fails a check."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TFLiteArtifact:
+    """One exported file: where it is and what it holds."""
+
+    path: Path
+    input_kind: str  # "waveform" or "log_mel"
+    quantization: str
+    input_shape: tuple[int, ...]
+    outputs: tuple[str, ...]
+    window_seconds: float | None = None  # waveform files
+    frames: int | None = None  # log-mel files
+
+
+# ---------------------------------------------------------------------------------------------------
+# the graphs
+
+
+class _ConversionModule(tf.Module):
+    """Holds the tagger's variables (and nothing Keras-specific, which the converter would otherwise
+    serialise layer by layer) and builds the fixed-shape functions that are converted."""
+
+    def __init__(self, tagger: AudioTagger) -> None:
+        super().__init__(name="eat_keras_tflite")
+        self.__dict__["_tagger"] = tagger
+        self.__dict__["_float_models"] = {}  # (input kind, length, outputs) -> float32 model bytes
+        self.model_variables = list(tagger.variables)
+
+    def _outputs(self, mel: tf.Tensor, outputs: Sequence[str]) -> dict[str, tf.Tensor]:
+        tagger = self._tagger
+        net_out = tagger.net(mel, training=False)
+        everything = {
+            "scores": tagger.scores_from_logits(net_out["logits"]),
+            "logits": net_out["logits"],
+            "embedding": net_out["embedding"],
+        }
+        return {k: everything[k] for k in outputs}
+
+    def waveform_function(self, num_samples: int, outputs: Sequence[str]) -> Any:
+        @tf.function(input_signature=[tf.TensorSpec([1, num_samples], tf.float32, name="waveform")])
+        def serve(waveform: tf.Tensor) -> dict[str, tf.Tensor]:
+            with tf.name_scope(FRONTEND_SCOPE):
+                mel = self._tagger.frontend(waveform, training=False)
+            return self._outputs(mel, outputs)
+
+        return serve.get_concrete_function()
+
+    def log_mel_function(self, frames: int, outputs: Sequence[str]) -> Any:
+        n_mels = self._tagger.config.frontend.n_mels
+
+        @tf.function(input_signature=[tf.TensorSpec([1, n_mels, frames], tf.float32, name="log_mel")])
+        def serve(log_mel: tf.Tensor) -> dict[str, tf.Tensor]:
+            return self._outputs(log_mel[..., tf.newaxis], outputs)
+
+        return serve.get_concrete_function()
+
+
+# ---------------------------------------------------------------------------------------------------
+# flatbuffer inspection and fix-ups
+
+
+def _read_model(model: bytes) -> Any:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+
+
+def _write_model(model_object: Any) -> bytes:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model_object))
+
+
+def _model_bytes(model: bytes | str | Path) -> bytes:
+    return model if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+
+
+def operator_names(model: bytes | str | Path) -> list[str]:
+    """Sorted distinct operators of a ``.tflite`` (file or bytes), read from the flatbuffer.
+
+    Builtins by their schema name (``CONV_2D``); custom ops, Flex ops included, as ``CUSTOM:<code>``.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    names_by_code = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    obj = _read_model(_model_bytes(model))
+    used = {op.opcodeIndex for subgraph in obj.subgraphs for op in subgraph.operators}
+    names = set()
+    for index in used:
+        code = obj.operatorCodes[index]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            custom = code.customCode.decode() if isinstance(code.customCode, bytes) else str(code.customCode)
+            names.add(f"CUSTOM:{custom}")
+        else:
+            names.add(names_by_code.get(builtin, f"UNKNOWN_{builtin}"))
+    return sorted(names)
+
+
+def check_builtin_only(model: bytes | str | Path) -> list[str]:
+    """Return the operator list, or raise if it holds custom or Flex (SELECT_TF_OPS) operators."""
+    names = operator_names(model)
+    bad = [n for n in names if n.startswith(("CUSTOM", "FLEX", "UNKNOWN")) or n == "DELEGATE"]
+    if bad:
+        raise TFLiteExportError(f"the converted model uses non-builtin operators: {bad}")
+    return names
+
+
+def _tensor_type_names() -> dict[int, str]:
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+
+
+def _in_frontend(tensor_name: bytes | str) -> bool:
+    name = tensor_name.decode() if isinstance(tensor_name, bytes) else tensor_name
+    return any(part.startswith(FRONTEND_SCOPE + "/") for part in name.split(";"))
+
+
+def frontend_tensor_names(model: bytes) -> list[str]:
+    """Names of the tensors that the front-end ops produce (the converter keeps the name scope)."""
+    obj = _read_model(model)
+    subgraph = obj.subgraphs[0]
+    names = []
+    for op in subgraph.operators:
+        for i in op.outputs:
+            name = subgraph.tensors[i].name
+            if _in_frontend(name):
+                names.append(name.decode() if isinstance(name, bytes) else name)
+    return names
+
+
+def check_frontend_float(model: bytes) -> int:
+    """Raise if any front-end operator reads or writes an integer tensor (the ``QUANTIZE`` at its
+    end may write one); return how many front-end operators there are (0 means the name scope was
+    lost and nothing could be checked)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    type_names = _tensor_type_names()
+    obj = _read_model(model)
+    subgraph = obj.subgraphs[0]
+    count = 0
+    for op in subgraph.operators:
+        if not any(_in_frontend(subgraph.tensors[i].name) for i in op.outputs):
+            continue
+        count += 1
+        code = obj.operatorCodes[op.opcodeIndex]
+        # the QUANTIZE that hands the front-end's float output to an int8 network takes its name
+        quantize = max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.QUANTIZE
+        for i in list(op.inputs) + ([] if quantize else list(op.outputs)):
+            tensor = subgraph.tensors[i] if i >= 0 else None
+            if tensor is not None and type_names.get(tensor.type) in _INTEGER_TENSOR_TYPES:
+                raise TFLiteExportError(f"front-end tensor {tensor.name!r} was quantized to {type_names[tensor.type]}")
+    return count
+
+
+def _finalize_io(model: bytes, input_name: str, outputs: Sequence[str]) -> bytes:
+    """Put the output tensors in the requested order (``scores`` first: MediaPipe reads output 0
+    as the main head) and give the I/O tensors plain names (``waveform``, ``scores``, ...)."""
+    obj = _read_model(model)
+    subgraph = obj.subgraphs[0]
+    signature = obj.signatureDefs[0]
+
+    def key(t: Any) -> str:
+        return t.name.decode() if isinstance(t.name, bytes) else t.name
+
+    by_name = {key(t): t for t in signature.outputs}
+    if set(by_name) != set(outputs):
+        raise TFLiteExportError(f"converted outputs {sorted(by_name)} differ from the requested {list(outputs)}")
+    signature.outputs = [by_name[o] for o in outputs]
+    subgraph.outputs = np.array([by_name[o].tensorIndex for o in outputs], dtype=np.int32)
+    for o in outputs:
+        subgraph.tensors[by_name[o].tensorIndex].name = o.encode()
+    subgraph.tensors[int(subgraph.inputs[0])].name = input_name.encode()
+    return _write_model(obj)
+
+
+# ---------------------------------------------------------------------------------------------------
+# conversion
+
+
+def _base_converter(function: Any, module: tf.Module) -> tf.lite.TFLiteConverter:
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter
+
+
+def _convert(
+    module: _ConversionModule,
+    input_kind: str,
+    length: int,
+    quantization: str,
+    outputs: Sequence[str],
+    calibration: Sequence[np.ndarray] | None = None,
+) -> bytes:
+    """One conversion: ``input_kind`` "waveform" (length = samples) or "log_mel" (length = frames)."""
+    if input_kind == "waveform":
+        function = module.waveform_function(length, outputs)
+    else:
+        function = module.log_mel_function(length, outputs)
+    converter = _base_converter(function, module)
+    float_key = (input_kind, length, tuple(outputs))
+    if quantization == "float32":
+        model = module._float_models[float_key] = converter.convert()
+    elif quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+        model = converter.convert()
+    elif quantization == "dynamic_int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        model = converter.convert()
+    elif quantization == "int8":
+        if not calibration:
+            raise TFLiteExportError("full int8 quantization needs calibration audio (--calibration FILES)")
+        samples = [np.asarray(x, np.float32)[np.newaxis] for x in calibration]
+
+        def representative() -> Iterable[list[np.ndarray]]:
+            for x in samples:
+                yield [x]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter.inference_input_type = tf.float32
+        converter.inference_output_type = tf.float32
+        if input_kind == "waveform":
+            if float_key not in module._float_models:
+                module._float_models[float_key] = _base_converter(function, module).convert()
+            model = _selectively_quantize(converter, module._float_models[float_key], representative)
+        else:
+            model = converter.convert()
+    else:
+        raise TFLiteExportError(f"unknown quantization {quantization!r}; choose from {QUANTIZATIONS}")
+    if input_kind == "waveform" and check_frontend_float(model) == 0:
+        raise TFLiteExportError("no front-end operators found in the converted graph (name scope lost)")
+    model = _finalize_io(model, input_kind, outputs)
+    check_builtin_only(model)
+    return model
+
+
+def _selectively_quantize(
+    converter: tf.lite.TFLiteConverter, float_model: bytes, representative: Callable[[], Any]
+) -> bytes:
+    """Full int8 for the network, float32 for the front-end: the converter's documented selective
+    quantization (``QuantizationDebugger`` with ``denylisted_nodes``) over the front-end tensors,
+    whose names are read from the float32 conversion of the same function."""
+    denylist = frontend_tensor_names(float_model)
+    if not denylist:
+        raise TFLiteExportError("no front-end operators found in the converted graph (name scope lost)")
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist)
+    with warnings.catch_warnings():
+        # the debugger runs its calibration through tf.lite.Interpreter, which warns that it is deprecated
+        warnings.simplefilter("ignore")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=representative, debug_options=options
+        )
+        return bytes(debugger.get_nondebug_quantized_model())
+
+
+def window_samples(seconds: float, config: FrontendConfig) -> int:
+    samples = int(round(seconds * config.sample_rate))
+    if samples < config.min_samples:
+        raise TFLiteExportError(f"window of {seconds:g} s is too short ({samples} samples)")
+    return samples
+
+
+def calibration_windows(
+    files: Sequence[str | Path],
+    num_samples: int,
+    sample_rate: int,
+    max_windows: int = DEFAULT_CALIBRATION_WINDOWS,
+) -> list[np.ndarray]:
+    """Non-overlapping windows of ``num_samples`` from each file (a shorter file, or the last part of
+    a longer one when no full window fits, is zero-padded); at most ``max_windows``, spread evenly."""
+    from eat_keras.audio import load_audio
+
+    windows: list[np.ndarray] = []
+    for path in files:
+        audio = load_audio(str(path), sample_rate)
+        if len(audio) <= num_samples:
+            windows.append(np.pad(audio, (0, num_samples - len(audio))))
+            continue
+        for start in range(0, len(audio) - num_samples + 1, num_samples):
+            windows.append(audio[start : start + num_samples])
+    if not windows:
+        raise TFLiteExportError("no calibration audio")
+    if len(windows) > max_windows:
+        keep = np.linspace(0, len(windows) - 1, max_windows).round().astype(int)
+        windows = [windows[i] for i in keep]
+    return [np.asarray(w, np.float32) for w in windows]
+
+
+def artifact_filename(name: str, quantization: str, window_seconds: float | None = None, frames: int | None = None) -> str:
+    if window_seconds is not None:
+        return f"{name}_{window_seconds:g}s_{quantization}.tflite"
+    return f"{name}_logmel_{frames}f_{quantization}.tflite"
+
+
+def _description(tagger: AudioTagger, name: str, input_desc: str, quantization: str, outputs: Sequence[str]) -> str:
+    c = tagger.config
+    return (
+        f"{name}: EfficientAT {c.arch.upper()} (width {c.width_mult:g}, {c.num_classes} classes, "
+        f"{c.label_type}) audio tagger. Input {input_desc}; outputs {', '.join(outputs)}; "
+        f"{quantization}. Exported by eat-keras {__version__}."
+    )
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def export_tflite(
+    tagger: AudioTagger,
+    out_dir: str | Path,
+    name: str,
+    *,
+    window_seconds: Sequence[float] = DEFAULT_WINDOW_SECONDS,
+    quantizations: Sequence[str] | None = None,
+    calibration_files: Sequence[str | Path] = (),
+    max_calibration_windows: int = DEFAULT_CALIBRATION_WINDOWS,
+    log_mel: bool = True,
+    outputs: Sequence[str] = ("scores",),
+    metadata: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> list[TFLiteArtifact]:
+    """Write the TFLite files of ``tagger`` into ``<out_dir>/<name>/tflite/`` and describe them.
+
+    ``quantizations`` defaults to float32, float16 and dynamic_int8, plus int8 when
+    ``calibration_files`` are given. With ``log_mel``, each window also gets a log-mel-input file
+    with the same number of frames. ``outputs`` must start with ``scores``. ``metadata`` needs the
+    ``mediapipe`` package. Files are built in a staging folder and renamed into place one by one;
+    files of an earlier export with the same names are replaced, others are kept.
+    """
+    if not tagger.class_names:
+        raise TFLiteExportError("the tagger needs class names to be exported")
+    outputs = tuple(outputs)
+    if not outputs or outputs[0] != "scores" or len(set(outputs)) != len(outputs) or not set(outputs) <= set(OUTPUTS):
+        raise TFLiteExportError(f"outputs must start with 'scores' and be distinct names from {OUTPUTS}; got {outputs}")
+    if quantizations is None:
+        quantizations = ("float32", "float16", "dynamic_int8") + (("int8",) if calibration_files else ())
+    unknown = [q for q in quantizations if q not in QUANTIZATIONS]
+    if unknown:
+        raise TFLiteExportError(f"unknown quantization {unknown}; choose from {QUANTIZATIONS}")
+    if "int8" in quantizations and not calibration_files:
+        raise TFLiteExportError("full int8 quantization needs calibration audio (--calibration FILES)")
+    if not window_seconds:
+        raise TFLiteExportError("give at least one window length")
+    if metadata:
+        from eat_keras.export.metadata import require_mediapipe, write_metadata
+
+        require_mediapipe()  # fail before converting anything if mediapipe is missing
+    say = log or (lambda message: None)
+    config = tagger.config.frontend
+    if not tagger.built:
+        tagger.build_for_inference()
+    module = _ConversionModule(tagger)
+
+    final_dir = Path(out_dir) / name / TFLITE_DIR
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{TFLITE_DIR}.partial.", dir=final_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; it becomes the published folder
+    artifacts: list[TFLiteArtifact] = []
+    try:
+        (staging / LABELS_FILE).write_text("".join(f"{label}\n" for label in tagger.class_names))
+        for seconds in window_seconds:
+            samples = window_samples(seconds, config)
+            frames = config.num_frames(samples)
+            calibration = (
+                calibration_windows(calibration_files, samples, config.sample_rate, max_calibration_windows)
+                if "int8" in quantizations
+                else None
+            )
+            log_mel_calibration = None
+            if calibration is not None and log_mel:
+                mel_fn = tf.function(lambda w: tagger.frontend(w, training=False)[..., 0])
+                log_mel_calibration = [mel_fn(tf.constant(w[np.newaxis])).numpy()[0] for w in calibration]
+            jobs = [("waveform", samples, calibration, f"[1, {samples}] waveform ({seconds:g} s at {config.sample_rate} Hz)")]
+            if log_mel:
+                jobs.append(("log_mel", frames, log_mel_calibration, f"[1, {config.n_mels}, {frames}] log-mel"))
+            for input_kind, length, data, input_desc in jobs:
+                for quantization in quantizations:
+                    if input_kind == "waveform":
+                        filename = artifact_filename(name, quantization, window_seconds=seconds)
+                        shape: tuple[int, ...] = (1, samples)
+                    else:
+                        filename = artifact_filename(name, quantization, frames=frames)
+                        shape = (1, config.n_mels, frames)
+                    say(f"converting {filename}")
+                    model = _convert(module, input_kind, length, quantization, outputs, data)
+                    if metadata:
+                        model = write_metadata(
+                            model,
+                            name=name,
+                            description=_description(tagger, name, input_desc, quantization, outputs),
+                            version=__version__,
+                            author="eat-keras export of EfficientAT (Florian Schmid et al.)",
+                            license="EfficientAT code and weights: MIT. AudioSet labels: CC BY 4.0.",
+                            class_names=tagger.class_names,
+                            input_kind=input_kind,
+                            sample_rate=config.sample_rate,
+                            outputs=outputs,
+                        )
+                    (staging / filename).write_bytes(model)
+                    artifacts.append(
+                        TFLiteArtifact(
+                            path=final_dir / filename,
+                            input_kind=input_kind,
+                            quantization=quantization,
+                            input_shape=shape,
+                            outputs=outputs,
+                            window_seconds=float(seconds) if input_kind == "waveform" else None,
+                            frames=frames if input_kind == "log_mel" else None,
+                        )
+                    )
+        _publish(staging, final_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return artifacts
+
+
+def _publish(staging: Path, final_dir: Path) -> None:
+    """Move the finished files into place: the whole folder in one rename when it is new, else file
+    by file (each ``os.replace`` is atomic; files of other exports in the folder are kept)."""
+    try:
+        os.rename(staging, final_dir)
+        return
+    except OSError:
+        if not final_dir.is_dir():
+            raise
+    for path in sorted(staging.iterdir()):
+        os.replace(path, final_dir / path.name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# running
+
+
+def interpreter_class() -> Any:
+    """``ai_edge_litert.interpreter.Interpreter`` when installed, else ``tf.lite.Interpreter``."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - depends on the environment
+        return tf.lite.Interpreter
+    return Interpreter
+
+
+def make_interpreter(model: bytes | str | Path, num_threads: int = NUM_THREADS) -> Any:
+    """A LiteRT interpreter (see :func:`interpreter_class`) with the default delegate (XNNPACK) and
+    ``num_threads`` threads, tensors allocated."""
+    kwargs = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        interpreter = interpreter_class()(**kwargs, num_threads=num_threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def run_tflite(interpreter: Any, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """Run the default signature on one input array; returns ``{output name: array}``."""
+    runner = interpreter.get_signature_runner()
+    (input_name,) = runner.get_input_details()
+    return runner(**{input_name: np.asarray(inputs, np.float32)})
