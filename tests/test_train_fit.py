@@ -139,3 +139,28 @@ def test_learning_rate_schedule_matches_upstream():
     assert learning_rate_factor(10, config) == 1.0
     assert learning_rate_factor(42, config) == pytest.approx(0.01 + 0.99 * (75 - 42) / 65)
     assert learning_rate_factor(79, config) == 0.01
+
+
+@pytest.mark.slow
+def test_export_tag_and_verify_the_fine_tuned_model(short_run, shared_dir, tmp_path, capsys):
+    """export → SavedModel and float32 TFLite; verify reports identical accuracy and full agreement;
+    tag prints the fine-tuned class names."""
+    from eat_keras.cli import main
+
+    data = shared_dir / "data" / "esc10"
+    rows = [e for e in read_esc50_manifest(data / "esc10.csv", data / "audio") if e.label in CLASSES and e.fold == "4"]
+    manifest = tmp_path / "fold4.csv"
+    manifest.write_text("path,label\n" + "".join(f"{e.path},{e.label}\n" for e in rows[::4]))
+    out = tmp_path / "saved"
+    assert main(["export", str(short_run.best_dir), "--name", "esc3", "--out", str(out), "--format", "saved_model",
+                 "tflite", "--window-seconds", "2", "--quantization", "float32", "--no-logmel", "--no-metadata"]) == 0
+    capsys.readouterr()
+    for artifact in (out / "esc3" / "1", out / "esc3" / "tflite" / "esc3_2s_float32.tflite"):
+        assert main(["verify", str(short_run.best_dir), str(artifact), str(manifest)]) == 0
+        text = capsys.readouterr().out
+        accuracies = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:2] in ("A ", "B ")]
+        assert len(accuracies) == 2 and accuracies[0] == accuracies[1], text
+        assert "difference B - A: +0.0000" in text and "top-1 agreement: 1.0000" in text, text
+    assert main(["tag", rows[0].path, "--model", str(short_run.best_dir), "--top-k", "3"]) == 0
+    labels = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert sorted(labels) == sorted(CLASSES)
