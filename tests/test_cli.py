@@ -166,3 +166,19 @@ def test_tag_refuses_weights_of_another_architecture(tmp_path, capsys, golden_di
     assert main(["tag", audio, "--model", "mn04_as", "--weights", str(fc)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "head_type='fully_convolutional', the preset needs 'mlp'" in err[0]
+
+
+@pytest.mark.slow
+def test_dymn_convert_from_fixed_shape_onnx_then_tag(tmp_path, golden_dir, shared_dir, capsys):
+    """The batch-1, 2 s DyMN ONNX converts without flags; the result tags a 10 s file."""
+    from eat_keras.cli import main
+
+    labels = str(golden_dir / "class_labels_indices.csv")
+    src = golden_dir / "dymn04_synth" / "dymn04_synth_opset13.onnx"
+    assert main(["convert", str(src), "--out", str(tmp_path), "--name", "dymn04", "--labels", labels]) == 0
+    assert "dymn, width 0.4" in capsys.readouterr().out
+    assert main(["tag", str(shared_dir / "audio" / "music.wav"), "--model", str(tmp_path / "dymn04"), "--json", "--top-k", "3"]) == 0
+    top = json.loads(capsys.readouterr().out)["results"][0]["windows"][0]["labels"]
+    golden = json.loads((golden_dir / "dymn04_synth" / "top10.json").read_text())["music"]
+    assert [t["label"] for t in top] == [g[0] for g in golden[:3]]
+    assert all(abs(t["score"] - g[1]) < 1e-3 for t, g in zip(top, golden))
