@@ -7,7 +7,11 @@ that need it skip with a reason; under ``CI=true`` a missing ``shared/`` is an e
 
 from __future__ import annotations
 
+import http.server
 import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -66,3 +70,59 @@ def golden_waveforms(golden_dir: Path):
     import numpy as np
 
     return {clip: np.load(golden_dir / "clips" / f"{clip}_wav32k.npy") for clip in CLIPS}
+
+
+@dataclass
+class LoopbackServer:
+    url: str
+    root: Path
+    paths: list[str] = field(default_factory=list)  # every request path, to count downloads
+
+
+class _LoopbackHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves ``root``. ``/short/<file>`` promises 1000 more bytes than it sends and ``/cut/<file>``
+    sends half of the file and closes the socket: connections that die mid-download."""
+
+    state: LoopbackServer
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        self.state.paths.append(self.path)
+        kind, _, name = self.path.lstrip("/").partition("/")
+        if kind in ("short", "cut"):
+            body = (self.state.root / name).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(body) + (1000 if kind == "short" else 0)))
+            self.end_headers()
+            self.wfile.write(body if kind == "short" else body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[LoopbackServer]:
+    """A real HTTP server on 127.0.0.1 (random port) serving a tmp folder, for download tests."""
+    root = tmp_path / "www"
+    root.mkdir()
+    state = LoopbackServer(url="", root=root)
+    handler = type("Handler", (_LoopbackHandler,), {"state": state})
+
+    def make(*args, **kwargs):  # type: ignore[no-untyped-def]
+        return handler(*args, directory=str(root), **kwargs)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)

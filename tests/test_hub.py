@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import http.server
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from conftest import LoopbackServer
 from eat_keras import hub
 from eat_keras.errors import DownloadError, EatKerasError
 
@@ -20,59 +17,9 @@ PAYLOAD = b"release file body\n" * 5000  # ~90 kB: several reads
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
-@dataclass
-class Server:
-    url: str
-    root: Path
-    paths: list[str] = field(default_factory=list)  # every request path, to count downloads
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves ``root``; ``/short/...`` promises more bytes than it sends, ``/cut/...`` sends half the
-    body and closes the socket, both emulating a connection that dies mid-download."""
-
-    server_state: Server
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-        self.server_state.paths.append(self.path)
-        if self.path.startswith(("/short/", "/cut/")):
-            body = PAYLOAD
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            claimed = len(body) + 1000 if self.path.startswith("/short/") else len(body)
-            self.send_header("Content-Length", str(claimed))
-            self.end_headers()
-            self.wfile.write(body if self.path.startswith("/short/") else body[: len(body) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        super().do_GET()
-
-    def log_message(self, format: str, *args: object) -> None:  # keep pytest output clean
-        pass
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    root = tmp_path / "www"
-    root.mkdir()
-    state = Server(url="", root=root)
-    handler = type("Handler", (_Handler,), {"server_state": state})
-
-    def make(*args, **kwargs):  # type: ignore[no-untyped-def]
-        return handler(*args, directory=str(root), **kwargs)
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    try:
-        yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+def server(http_server: LoopbackServer) -> LoopbackServer:
+    return http_server
 
 
 @pytest.fixture
@@ -114,7 +61,7 @@ def test_sha256_of(tmp_path: Path) -> None:
 
 
 def test_download_into_cache_with_sha(
-    server: Server, cache: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    server: LoopbackServer, cache: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (server.root / "model.pt").write_bytes(PAYLOAD)
     url = f"{server.url}/model.pt"
@@ -135,7 +82,7 @@ def test_download_into_cache_with_sha(
     assert server.paths == ["/model.pt"]
 
 
-def test_download_function_without_sha(server: Server, tmp_path: Path) -> None:
+def test_download_function_without_sha(server: LoopbackServer, tmp_path: Path) -> None:
     (server.root / "a.bin").write_bytes(PAYLOAD)
     dest = tmp_path / "deep" / "dir" / "a.bin"
     assert hub.download(f"{server.url}/a.bin", dest) == dest
@@ -143,7 +90,7 @@ def test_download_function_without_sha(server: Server, tmp_path: Path) -> None:
     assert _leftovers(dest.parent) == ["a.bin"]
 
 
-def test_wrong_sha_deletes_download(server: Server, cache: Path) -> None:
+def test_wrong_sha_deletes_download(server: LoopbackServer, cache: Path) -> None:
     (server.root / "model.pt").write_bytes(PAYLOAD)
     wrong = "0" * 64
     with pytest.raises(DownloadError) as info:
@@ -153,7 +100,7 @@ def test_wrong_sha_deletes_download(server: Server, cache: Path) -> None:
     assert _leftovers(cache) == []  # neither the final name nor a .part file
 
 
-def test_wrong_sha_keeps_existing_destination(server: Server, tmp_path: Path) -> None:
+def test_wrong_sha_keeps_existing_destination(server: LoopbackServer, tmp_path: Path) -> None:
     """A failed download never touches a file already under the final name."""
     (server.root / "a.bin").write_bytes(PAYLOAD)
     dest = tmp_path / "a.bin"
@@ -164,7 +111,7 @@ def test_wrong_sha_keeps_existing_destination(server: Server, tmp_path: Path) ->
     assert _leftovers(tmp_path) == ["a.bin", "www"]
 
 
-def test_404(server: Server, cache: Path) -> None:
+def test_404(server: LoopbackServer, cache: Path) -> None:
     url = f"{server.url}/missing.pt"
     with pytest.raises(DownloadError) as info:
         hub.resolve_file("missing.pt", url)
@@ -189,9 +136,10 @@ def test_connection_refused(cache: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["short", "cut"])
-def test_interrupted_download_leaves_no_file(server: Server, cache: Path, kind: str) -> None:
+def test_interrupted_download_leaves_no_file(server: LoopbackServer, cache: Path, kind: str) -> None:
     """Content-Length larger than the body, or a socket closed mid-body: no final file."""
     with pytest.raises(DownloadError, match="could not download"):
+        (server.root / "model.pt").write_bytes(PAYLOAD)
         hub.resolve_file("model.pt", f"{server.url}/{kind}/model.pt")  # no sha: size check alone
     assert _leftovers(cache) == []
 
@@ -200,7 +148,7 @@ def test_interrupted_download_leaves_no_file(server: Server, cache: Path, kind: 
 
 
 def test_resolution_order(
-    server: Server, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: LoopbackServer, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """explicit > $EAT_WEIGHTS_DIR > cache > download."""
     (server.root / "w.pt").write_bytes(PAYLOAD)
@@ -260,7 +208,7 @@ def test_no_download_lists_searched_places(
     assert not cache.exists()
 
 
-def test_cached_file_with_wrong_sha_is_reported(server: Server, cache: Path) -> None:
+def test_cached_file_with_wrong_sha_is_reported(server: LoopbackServer, cache: Path) -> None:
     cache.mkdir()
     (cache / "w.pt").write_bytes(b"tampered")
     (server.root / "w.pt").write_bytes(PAYLOAD)
@@ -272,7 +220,7 @@ def test_cached_file_with_wrong_sha_is_reported(server: Server, cache: Path) -> 
     assert server.paths == []  # reported, not silently replaced either
 
 
-def test_cache_stamp_is_invalidated_by_changes(server: Server, cache: Path) -> None:
+def test_cache_stamp_is_invalidated_by_changes(server: LoopbackServer, cache: Path) -> None:
     (server.root / "w.pt").write_bytes(PAYLOAD)
     path = hub.resolve_file("w.pt", f"{server.url}/w.pt", sha256=PAYLOAD_SHA)
     st = path.stat()
@@ -288,7 +236,7 @@ def test_bad_sha_argument(cache: Path) -> None:
 
 
 def test_progress_only_on_a_tty(
-    server: Server, cache: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    server: LoopbackServer, cache: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (server.root / "p.bin").write_bytes(PAYLOAD)
     monkeypatch.setattr(hub, "_stderr_is_tty", lambda: True)

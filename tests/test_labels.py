@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import shutil
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import LoopbackServer
 from eat_keras import labels
 from eat_keras.errors import DownloadError, EatKerasError
 
@@ -31,35 +29,6 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("EAT_CACHE_DIR", str(cache))
     monkeypatch.setattr(labels, "AUDIOSET_LABELS_URL", "http://127.0.0.1:9/labels.csv")
     return cache
-
-
-@pytest.fixture
-def www(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
-    """A loopback HTTP server serving a tmp folder: (base url, folder, request paths)."""
-    root = tmp_path / "www"
-    root.mkdir()
-    requests: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def do_GET(self) -> None:  # noqa: N802
-            requests.append(self.path)
-            super().do_GET()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", root, requests
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
 
 
 # --- parsing --------------------------------------------------------------------------------
@@ -171,10 +140,10 @@ def test_not_found_offline(clean_env: Path) -> None:
 def test_download_with_real_sha(
     golden_csv: Path,
     clean_env: Path,
-    www: tuple[str, Path, list[str]],
+    http_server: LoopbackServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    base, root, requests = www
+    base, root, requests = http_server.url, http_server.root, http_server.paths
     shutil.copyfile(golden_csv, root / "labels.csv")
     monkeypatch.setattr(labels, "AUDIOSET_LABELS_URL", f"{base}/labels.csv")
 
@@ -194,9 +163,9 @@ def test_download_with_real_sha(
 
 
 def test_download_with_wrong_content_is_rejected(
-    clean_env: Path, www: tuple[str, Path, list[str]], monkeypatch: pytest.MonkeyPatch
+    clean_env: Path, http_server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base, root, _ = www
+    base, root = http_server.url, http_server.root
     (root / "labels.csv").write_text("index,mid,display_name\n0,/m/x,Not AudioSet\n")
     monkeypatch.setattr(labels, "AUDIOSET_LABELS_URL", f"{base}/labels.csv")
     with pytest.raises(DownloadError, match=labels.AUDIOSET_LABELS_SHA256):
