@@ -82,12 +82,16 @@ def test_download_into_cache_with_sha(
     assert server.paths == ["/model.pt"]
 
 
-def test_download_function_without_sha(server: LoopbackServer, tmp_path: Path) -> None:
+def test_download_function_without_sha(
+    server: LoopbackServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (server.root / "a.bin").write_bytes(PAYLOAD)
     dest = tmp_path / "deep" / "dir" / "a.bin"
     assert hub.download(f"{server.url}/a.bin", dest) == dest
     assert dest.read_bytes() == PAYLOAD
     assert _leftovers(dest.parent) == ["a.bin"]
+    # unpinned files are accepted, and their hash is shown so that it can be pinned
+    assert f"no pinned sha256 for a.bin; downloaded file has sha256 {PAYLOAD_SHA}" in capsys.readouterr().err
 
 
 def test_wrong_sha_deletes_download(server: LoopbackServer, cache: Path) -> None:

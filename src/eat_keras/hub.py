@@ -208,6 +208,8 @@ def _download(
             )
         os.replace(tmp, dest)
         ok = True
+        if sha256 is None:  # say what arrived, so the user can pin or compare it
+            print(f"eat-keras: note: no pinned sha256 for {dest.name}; downloaded file has sha256 {actual}", file=sys.stderr)
     except OSError as exc:
         raise DownloadError(f"could not download {url}: cannot write {dest}: {exc}; {hint}") from exc
     finally:
