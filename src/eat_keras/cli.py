@@ -281,7 +281,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise EatKerasError("the two artifacts have different class names")
     examples = _read_examples(args.data, args.folds)
     clip = _clip_samples([runner_a, runner_b], args.a, args.clip_seconds)
-    result = verify(runner_a.logits, runner_b.logits, examples, runner_a.class_names, clip, args.batch_size)
+    result = verify(
+        runner_a.logits, runner_b.logits, examples, runner_a.class_names, clip, args.batch_size,
+        centre_rows=not (runner_a.logits_exact and runner_b.logits_exact),
+    )
     print(result.summary(runner_a.name, runner_b.name))
     return 0
 

@@ -26,6 +26,8 @@ class Runner(Protocol):
     class_names: list[str]
     # a fixed input length in samples (TFLite), or None when any length is accepted
     window_samples: int | None
+    # False where only softmax scores come out: logits are then known up to a per-row constant
+    logits_exact: bool
 
     def logits(self, waveforms: np.ndarray) -> np.ndarray:
         """``[batch, samples]`` float32 at 32 kHz → ``[batch, classes]`` logits."""
@@ -44,6 +46,7 @@ def _scores_to_logits(scores: np.ndarray, label_type: str) -> np.ndarray:
 
 class KerasRunner:
     window_samples = None
+    logits_exact = True
 
     def __init__(self, model: str | Path, labels_file: str | Path | None = None) -> None:
         from eat_keras.loading import load_tagger
@@ -59,6 +62,7 @@ class KerasRunner:
 
 class SavedModelRunner:
     window_samples = None
+    logits_exact = True
 
     def __init__(self, path: str | Path) -> None:
         self._module = tf.saved_model.load(str(path))
@@ -86,6 +90,7 @@ class TFLiteRunner:
         self._output = logits[0] if logits else next(i for n, i in outputs.items() if "scores" in n)
         self._outputs_logits = bool(logits)
         self._label_type = label_type
+        self.logits_exact = self._outputs_logits or label_type == "multi_label"
         labels = Path(labels_file) if labels_file else Path(path).with_name("labels.txt")
         self.class_names = labels.read_text().splitlines() if labels.is_file() else []
 
@@ -101,6 +106,7 @@ class TFLiteRunner:
 
 class OnnxRunner:
     window_samples = None
+    logits_exact = True
 
     def __init__(self, path: str | Path, frontend_config=None, class_names: list[str] | None = None) -> None:
         try:

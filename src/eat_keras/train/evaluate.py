@@ -65,6 +65,7 @@ class Verification:
     agreement: float  # fraction of files with the same top-1 class
     max_abs_logit_difference: float
     num_files: int
+    rows_centred: bool = False  # the difference was taken after removing each file's mean logit
 
     @property
     def accuracy_difference(self) -> float:
@@ -77,7 +78,8 @@ class Verification:
                 f"B {name_b}: accuracy {self.accuracy_b:.4f}",
                 f"difference B - A: {self.accuracy_difference:+.4f}",
                 f"top-1 agreement: {self.agreement:.4f} ({self.num_files} files)",
-                f"max |logit A - logit B|: {self.max_abs_logit_difference:.3g}",
+                f"max |logit A - logit B|: {self.max_abs_logit_difference:.3g}"
+                + (" (each file's mean removed: softmax scores give logits up to a constant)" if self.rows_centred else ""),
             ]
         )
 
@@ -90,11 +92,16 @@ def verify(
     clip_samples: int,
     batch_size: int = 16,
     cache: AudioCache | None = None,
+    centre_rows: bool = False,
 ) -> Verification:
+    """``centre_rows``: compare logits after removing each file's mean, for an artifact whose
+    logits are only known up to a per-file constant (softmax scores turned back into logits)."""
     cache = cache or AudioCache()
     report_a, logits_a = evaluate(predict_a, examples, class_names, clip_samples, batch_size, cache)
     report_b, logits_b = evaluate(predict_b, examples, class_names, clip_samples, batch_size, cache)
     agreement = float(np.mean(logits_a.argmax(axis=1) == logits_b.argmax(axis=1)))
-    return Verification(
-        report_a.accuracy, report_b.accuracy, agreement, float(np.abs(logits_a - logits_b).max()), len(examples)
-    )
+    if centre_rows:
+        logits_a = logits_a - logits_a.mean(axis=1, keepdims=True)
+        logits_b = logits_b - logits_b.mean(axis=1, keepdims=True)
+    difference = float(np.abs(logits_a - logits_b).max())
+    return Verification(report_a.accuracy, report_b.accuracy, agreement, difference, len(examples), centre_rows)
