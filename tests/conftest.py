@@ -126,3 +126,17 @@ def http_server(tmp_path: Path) -> Iterator[LoopbackServer]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(5)
+
+
+# every variable that steers where eat-keras looks for release files
+LOOKUP_ENV_VARS = ("EAT_CACHE_DIR", "XDG_CACHE_HOME", "EAT_WEIGHTS_DIR", "EAT_LABELS_DIR", "EAT_LABELS")
+
+
+@pytest.fixture
+def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No lookup variable set; the cache is an empty tmp folder (not yet created)."""
+    for var in LOOKUP_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    path = tmp_path / "cache"
+    monkeypatch.setenv("EAT_CACHE_DIR", str(path))
+    return path

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LoopbackServer
+from conftest import LOOKUP_ENV_VARS, LoopbackServer
 from eat_keras import hub
 from eat_keras.errors import DownloadError, EatKerasError
 
-ENV_VARS = ("EAT_CACHE_DIR", "XDG_CACHE_HOME", "EAT_WEIGHTS_DIR", "EAT_LABELS_DIR", "EAT_LABELS")
 PAYLOAD = b"release file body\n" * 5000  # ~90 kB: several reads
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
@@ -23,13 +22,8 @@ def server(http_server: LoopbackServer) -> LoopbackServer:
 
 
 @pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A clean environment whose cache is an empty tmp folder (not yet created)."""
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    path = tmp_path / "cache"
-    monkeypatch.setenv("EAT_CACHE_DIR", str(path))
-    return path
+def cache(empty_cache: Path) -> Path:
+    return empty_cache
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -40,7 +34,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in ENV_VARS:
+    for var in LOOKUP_ENV_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert hub.cache_dir() == tmp_path / "home" / ".cache" / "eat-keras"

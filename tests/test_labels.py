@@ -12,7 +12,6 @@ from conftest import LoopbackServer
 from eat_keras import labels
 from eat_keras.errors import DownloadError, EatKerasError
 
-ENV_VARS = ("EAT_CACHE_DIR", "XDG_CACHE_HOME", "EAT_WEIGHTS_DIR", "EAT_LABELS_DIR", "EAT_LABELS")
 
 
 @pytest.fixture
@@ -21,14 +20,10 @@ def golden_csv(golden_dir: Path) -> Path:
 
 
 @pytest.fixture
-def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def clean_env(empty_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No lookup variables set, an empty cache, and a URL nobody listens on (port 9, discard)."""
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("EAT_CACHE_DIR", str(cache))
     monkeypatch.setattr(labels, "AUDIOSET_LABELS_URL", "http://127.0.0.1:9/labels.csv")
-    return cache
+    return empty_cache
 
 
 # --- parsing --------------------------------------------------------------------------------

@@ -164,14 +164,10 @@ def compare_dft(tagger, repeats: int = 30) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tflite_agreement import calibration_subset, esc10_clips, shared_dir
+    from tflite_agreement import add_model_arguments, calibration_subset, esc10_clips
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    shared = shared_dir()
-    parser.add_argument("--model", default=str(shared / "weights" / "mn04_as_mAP_432.pt"))
-    parser.add_argument("--name", default="mn04_as")
-    parser.add_argument("--labels", default=str(shared / "golden" / "class_labels_indices.csv"))
-    parser.add_argument("--esc10", default=str(shared / "data" / "esc10"))
+    add_model_arguments(parser)
     parser.add_argument("--markdown", help="write the tables here")
     parser.add_argument("--json", help="write the raw numbers here")
     parser.add_argument("--compare-dft", action="store_true")

@@ -58,13 +58,18 @@ def windows_of(audio: np.ndarray, size: int) -> np.ndarray:
     return padded.reshape(n, size)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --name, --labels, --esc10 with defaults from ../shared (shared by the tools)."""
     shared = shared_dir()
     parser.add_argument("--model", default=str(shared / "weights" / "mn04_as_mAP_432.pt"))
     parser.add_argument("--name", default="mn04_as")
     parser.add_argument("--labels", default=str(shared / "golden" / "class_labels_indices.csv"))
     parser.add_argument("--esc10", default=str(shared / "data" / "esc10"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_arguments(parser)
     parser.add_argument("--windows", nargs="+", type=float, default=[10.0, 1.0])
     parser.add_argument("--quantizations", nargs="+", default=["float32", "float16", "dynamic_int8", "int8"])
     parser.add_argument("--calibration-clips", type=int, default=8)
