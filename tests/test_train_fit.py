@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -83,12 +82,23 @@ def test_a_different_configuration_is_refused(short_run, shared_dir):
 
 
 _RUN = """
-import sys
+import os, signal, sys
+import tensorflow as tf
+import tf_keras
 from eat_keras.train.data import read_esc50_manifest
 from eat_keras.train.fit import FinetuneConfig, finetune
 sys.path.insert(0, sys.argv[3])
 from test_train_fit import _config, _examples
 from pathlib import Path
+if sys.argv[4] == "die-in-epoch-2":
+    # SIGKILL ourselves after the first batch of epoch 2: a hard kill mid-epoch, independent of
+    # how fast the machine is (a parent's sleep-then-kill raced a fast CI runner).
+    saved = tf.train.CheckpointManager.save
+    def save_then_arm(self, *args, **kwargs):
+        path = saved(self, *args, **kwargs)
+        tf_keras.utils.Progbar.update = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+        return path
+    tf.train.CheckpointManager.save = save_then_arm
 shared = Path(sys.argv[1])
 finetune(_examples(shared), sys.argv[2], _config(shared, epochs=3))
 """
@@ -98,18 +108,12 @@ finetune(_examples(shared), sys.argv[2], _config(shared, epochs=3))
 def test_killed_run_resumes_from_its_last_checkpoint(shared_dir, tmp_path):
     out = tmp_path / "run"
     args = [sys.executable, "-c", _RUN, str(shared_dir), str(out), os.path.dirname(__file__)]
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / "ckpt-1.index").exists():
-        assert first.poll() is None, first.communicate()[1][-3000:]
-        assert time.time() < deadline
-        time.sleep(0.2)
-    time.sleep(1.0)  # into epoch 2
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    first = subprocess.run([*args, "die-in-epoch-2"], capture_output=True, text=True, timeout=600)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+    assert (out / "checkpoints" / "ckpt-1.index").exists() and not (out / "checkpoints" / "ckpt-2.index").exists()
     rows_before = _log(out / "log.csv")
     assert [int(r["epoch"]) for r in rows_before] == [1]
-    second = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    second = subprocess.run([*args, "run"], capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from" in second.stderr and "1 epoch(s) done" in second.stderr
     rows = _log(out / "log.csv")
