@@ -2,10 +2,12 @@
 
 Each waveform file maps a fixed window ``[1, N]`` float32 (mono, ``sample_rate`` Hz) to ``scores``
 ``[1, classes]``; the upstream log-mel front-end (pre-emphasis, reflect padding, framing, symmetric
-Hann, ``RFFT2D``, power, Kaldi mel matrix, log, affine) runs inside the graph as TFLite builtin
-ops, so LiteRT, XNNPACK and MediaPipe run the file without Flex or custom ops. A log-mel variant
-``[1, n_mels, frames]`` → ``scores`` serves targets that compute the features themselves or cannot
-run an FFT.
+Hann, DFT power, Kaldi mel matrix, log, affine) runs inside the graph as TFLite builtin ops, so
+LiteRT, XNNPACK and MediaPipe run the file without Flex or custom ops. The DFT is the factored
+convolution + matmul form of :mod:`eat_keras.frontend_dft` (XNNPACK runs it; ``RFFT2D`` would fall
+back to a slow double-precision kernel), except in ``dynamic_int8`` files, which keep ``RFFT2D``
+(see below). A log-mel variant ``[1, n_mels, frames]`` → ``scores`` serves targets that compute
+the features themselves.
 
 Quantizations (``<name>_<window>s_<quant>.tflite``, ``<name>_logmel_<frames>f_<quant>.tflite``):
 
@@ -48,6 +50,7 @@ import tensorflow as tf
 from eat_keras import __version__
 from eat_keras.errors import EatKerasError
 from eat_keras.frontend import FrontendConfig
+from eat_keras.frontend_dft import factored_log_mel, radix_for
 from eat_keras.models import AudioTagger
 
 QUANTIZATIONS = ("float32", "float16", "dynamic_int8", "int8")
@@ -104,11 +107,20 @@ class _ConversionModule(tf.Module):
         }
         return {k: everything[k] for k in outputs}
 
-    def waveform_function(self, num_samples: int, outputs: Sequence[str]) -> Any:
+    def waveform_function(self, num_samples: int, outputs: Sequence[str], frontend: str = "factored_dft") -> Any:
+        """``frontend``: "factored_dft" (convolutions and matmuls, XNNPACK-delegated; see
+        :mod:`eat_keras.frontend_dft`) or "rfft" (the Keras layer's ``RFFT2D`` graph)."""
+        config = self._tagger.config.frontend
+        if frontend == "factored_dft" and radix_for(config) is None:
+            frontend = "rfft"
+
         @tf.function(input_signature=[tf.TensorSpec([1, num_samples], tf.float32, name="waveform")])
         def serve(waveform: tf.Tensor) -> dict[str, tf.Tensor]:
             with tf.name_scope(FRONTEND_SCOPE):
-                mel = self._tagger.frontend(waveform, training=False)
+                if frontend == "factored_dft":
+                    mel = factored_log_mel(waveform, config)
+                else:
+                    mel = self._tagger.frontend(waveform, training=False)
             return self._outputs(mel, outputs)
 
         return serve.get_concrete_function()
@@ -262,12 +274,15 @@ def _convert(
     calibration: Sequence[np.ndarray] | None = None,
 ) -> bytes:
     """One conversion: ``input_kind`` "waveform" (length = samples) or "log_mel" (length = frames)."""
+    # The dynamic-range quantizer would turn the factored front-end's DFT weights into int8 (it
+    # quantizes every large constant conv/FC weight); the RFFT graph keeps its mel matrix float.
+    frontend = "rfft" if quantization == "dynamic_int8" else "factored_dft"
     if input_kind == "waveform":
-        function = module.waveform_function(length, outputs)
+        function = module.waveform_function(length, outputs, frontend)
     else:
         function = module.log_mel_function(length, outputs)
     converter = _base_converter(function, module)
-    float_key = (input_kind, length, tuple(outputs))
+    float_key = (input_kind, length, tuple(outputs), frontend)
     if quantization == "float32":
         model = module._float_models[float_key] = converter.convert()
     elif quantization == "float16":
