@@ -11,8 +11,9 @@ Here the DFT is a Cooley-Tukey split ``n_fft = Q * P`` (``n = Q a + b``, ``k = k
    never materialised: one *grouped* convolution (``Q`` groups) slides over the signal cut into rows
    of ``hop`` samples, so framing, windowing and stage 1 are one op;
 2. stage 2, a length-``Q`` complex DFT over ``b``, is one fully connected layer on ``[re | im]``;
-3. power, then the mel projection, whose rows are permuted to the ``(k1, k2)`` bin layout (bins above
-   Nyquist are the conjugates of bins below it: their mel weight goes to the one computed copy).
+3. power, then the mel projection, whose rows are permuted to the ``(k2, k1)`` bin layout (bins above
+   Nyquist are the conjugates of bins below it: their mel weight goes to the one computed copy), done
+   as a few banded matmuls over the bins each group of 16 filters touches.
 
 Real input is exploited once (``k1 <= P / 2`` only) and taps outside the window are skipped, which
 leaves ~100 k multiply-adds per frame in large GEMMs instead of ~800 k for a dense DFT matrix.
@@ -41,6 +42,8 @@ from eat_keras.frontend import (
 
 #: the stage-1 group count; 32 balances the two stages for n_fft = 1024 (~33 M and ~70 M MACs per 10 s)
 MAX_RADIX = 32
+#: mel filters per banded matmul
+MEL_GROUP = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +54,10 @@ class FactoredDFTPlan:
     first_tap: int  # a0: first row (of Q samples) where the window is non-zero
     chunks: int  # hop-long rows one frame spans after skipping leading zero taps
     stage1: np.ndarray  # grouped conv filter [chunks, 1, hop / Q, Q * 2 * (P / 2 + 1)]
-    stage2: np.ndarray  # [2Q, 2Q]: [re_b | im_b] -> [re_k2 | im_k2]
-    mel: np.ndarray  # [(P / 2 + 1) * Q, n_mels], rows in the (k1, k2) layout
+    stage2: np.ndarray  # [2Q, 2Q]: [re_b | im_b] -> [re_k2 | im_k2], k2 in "chunk pair" order
+    # mel projection, banded: (start, stop, weights [stop - start, filters]) per group of filters,
+    # over the power laid out [k2 (chunk pair order), k1]; outputs concatenate in filter order
+    mel_groups: tuple[tuple[int, int, np.ndarray], ...]
 
     @property
     def half_bins(self) -> int:  # P / 2 + 1
@@ -99,28 +104,42 @@ def make_plan(config: FrontendConfig) -> FactoredDFTPlan:
         .transpose(1, 2, 0, 3)
         .reshape(chunks, 1, rows_per_hop, q * half * 2)
     )
-    # stage 2: X[k1 + P k2] = sum_b Z[b, k1] exp(-2 pi i b k2 / Q); rows [re_b | im_b]
-    phase = 2.0 * np.pi * np.outer(np.arange(q), np.arange(q)) / q
+    # stage 2: X[k1 + P k2] = sum_b Z[b, k1] exp(-2 pi i b k2 / Q); rows [re_b | im_b]. Output k2 in
+    # the order 0, Q-1, 1, Q-2, ...: natural bins [P c, P c + P) are k1 = 0..P/2 of k2 = c plus the
+    # conjugates k1 = P/2-1..1 of k2 = Q-1-c, so each chunk of P bins becomes one contiguous slice
+    order = np.stack([np.arange(q // 2), q - 1 - np.arange(q // 2)], axis=1).reshape(-1)
+    phase = 2.0 * np.pi * np.outer(np.arange(q), order) / q
     cos, sin = np.cos(phase), np.sin(phase)
     stage2 = np.block([[cos, -sin], [sin, cos]])
-    # mel rows in the (k1, k2) layout; each bin 0..n_fft/2 gets exactly one computed copy
+    # mel rows in the [k2 position, k1] layout; each bin 0..n_fft/2 gets exactly one computed copy
     with tf.init_scope():
         banks = kaldi_mel_banks(config.n_mels, n_fft, config.sample_rate, config.fmin, config.effective_fmax).numpy()
-    mel = np.zeros((half, q, config.n_mels))
-    for j1 in range(half):
-        for j2 in range(q):
+    mel = np.zeros((q, half, config.n_mels))
+    for position, j2 in enumerate(order):
+        for j1 in range(half):
             k = j1 + p * j2
             if k <= n_fft // 2:
-                mel[j1, j2] = banks[k]
+                mel[position, j1] = banks[k]
             elif 0 < j1 < p // 2:  # above Nyquist, the conjugate of bin n_fft - k, computed nowhere else
-                mel[j1, j2] = banks[n_fft - k]
+                mel[position, j1] = banks[n_fft - k]
+    mel = mel.reshape(q * half, config.n_mels)
+    # Kaldi triangles are narrow: 16 filters at a time touch a few chunks, ~1/5 of a dense matmul
+    groups = []
+    for first in range(0, config.n_mels, MEL_GROUP):
+        block = mel[:, first : first + MEL_GROUP]
+        used = np.flatnonzero(np.abs(block).sum(axis=1))
+        if used.size == 0:  # filters beyond fmax: all-zero columns still need outputs
+            used = np.array([0])
+        start = used[0] // (2 * half) * (2 * half)  # whole chunk pairs
+        stop = min(-(-(used[-1] + 1) // (2 * half)) * (2 * half), q * half)
+        groups.append((int(start), int(stop), block[start:stop].astype(np.float32)))
     return FactoredDFTPlan(
         radix=q,
         first_tap=first_tap,
         chunks=chunks,
         stage1=stage1.astype(np.float32),
         stage2=stage2.astype(np.float32),
-        mel=mel.reshape(half * q, config.n_mels).astype(np.float32),
+        mel_groups=tuple(groups),
     )
 
 
@@ -157,7 +176,9 @@ def factored_log_mel(waveform: tf.Tensor, config: FrontendConfig, plan: Factored
     z = tf.transpose(tf.reshape(z, [-1, frames, q, half, 2]), [0, 1, 3, 4, 2])
     spectrum = tf.matmul(tf.reshape(z, [-1, 2 * q]), plan.stage2)  # [B * frames * half, 2Q]
     real, imag = spectrum[:, :q], spectrum[:, q:]
-    power = tf.reshape(real * real + imag * imag, [-1, half * q])
-    mel = tf.reshape(tf.matmul(power, plan.mel), [-1, frames, config.n_mels])
+    power = tf.reshape(real * real + imag * imag, [-1, half, q])
+    power = tf.reshape(tf.transpose(power, [0, 2, 1]), [-1, q * half])  # [B * frames, (k2, k1)]
+    mel = tf.concat([tf.matmul(power[:, start:stop], weights) for start, stop, weights in plan.mel_groups], axis=1)
+    mel = tf.reshape(mel, [-1, frames, config.n_mels])
     log_mel = tf.math.log(tf.transpose(mel, [0, 2, 1]) + LOG_OFFSET)
     return normalize(log_mel)[..., tf.newaxis]
