@@ -49,7 +49,7 @@ import tensorflow as tf
 
 from eat_keras import __version__
 from eat_keras.errors import EatKerasError
-from eat_keras.frontend import FrontendConfig
+from eat_keras.frontend import FrontendConfig, log_mel_spectrogram
 from eat_keras.frontend_dft import factored_log_mel, radix_for
 from eat_keras.models import AudioTagger
 
@@ -109,7 +109,7 @@ class _ConversionModule(tf.Module):
 
     def waveform_function(self, num_samples: int, outputs: Sequence[str], frontend: str = "factored_dft") -> Any:
         """``frontend``: "factored_dft" (convolutions and matmuls, XNNPACK-delegated; see
-        :mod:`eat_keras.frontend_dft`) or "rfft" (the Keras layer's ``RFFT2D`` graph)."""
+        :mod:`eat_keras.frontend_dft`) or "rfft" (``RFFT2D``, mel matrix as the left matmul operand)."""
         config = self._tagger.config.frontend
         if frontend == "factored_dft" and radix_for(config) is None:
             frontend = "rfft"
@@ -120,7 +120,7 @@ class _ConversionModule(tf.Module):
                 if frontend == "factored_dft":
                     mel = factored_log_mel(waveform, config)
                 else:
-                    mel = self._tagger.frontend(waveform, training=False)
+                    mel = log_mel_spectrogram(waveform, config, constant_left=True)
             return self._outputs(mel, outputs)
 
         return serve.get_concrete_function()
