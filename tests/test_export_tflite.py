@@ -405,3 +405,28 @@ def test_cli_export_tflite(golden_dir, tmp_path, monkeypatch, capsys):
     assert T.check_builtin_only(path)
     assert main(args + ["--format", "tflite", "--quantization", "int8"]) == 2
     assert "needs calibration audio" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tag_runs_windows_through_an_exported_tflite_file(parity, mn04, shared_dir, capsys):
+    """``eat-keras tag --model FILE.tflite``: windows of the file's length, same labels as Keras."""
+    import json
+
+    from eat_keras.cli import main
+    from eat_keras.tagging import tag_waveform
+    from eat_keras.audio import load_audio
+
+    clip = shared_dir / "audio" / "metro_station-paris.wav"
+    artifact = parity[("waveform", 1)].path
+    assert main(["tag", str(clip), "--model", str(artifact), "--hop", "2.5", "--window", "1", "--json", "--top-k", "3"]) == 0
+    windows = json.loads(capsys.readouterr().out)["results"][0]["windows"]
+    want = tag_waveform(mn04, load_audio(clip), top_k=3, window_s=1.0, hop_s=2.5)
+    assert [(w["start"], w["end"]) for w in windows] == [(r.start, r.end) for r in want]
+    for got, ref in zip(windows, want):
+        assert [t["label"] for t in got["labels"]] == [t.label for t in ref.top]
+        np.testing.assert_allclose([t["score"] for t in got["labels"]], [t.score for t in ref.top], atol=1e-4)
+    # the file fixes the window: another length is refused, none means the file's own
+    assert main(["tag", str(clip), "--model", str(artifact), "--window", "2"]) == 2
+    assert "takes windows of 1 s" in capsys.readouterr().err
+    assert main(["tag", str(clip), "--model", str(artifact)]) == 0
+    assert "[    0.00 s -     1.00 s]" in capsys.readouterr().out

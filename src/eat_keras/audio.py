@@ -109,7 +109,8 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> 
         raise AudioError(f"{p}: audio holds non-finite samples (NaN or Inf)")
 
     # librosa.to_mono: mean over channels (a single channel is taken as is, bit-exact).
-    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+    # reshape, not data[:, 0]: a view of the [frames, 1] array, so a long file is not copied again
+    mono = data.reshape(-1) if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
     mono = np.ascontiguousarray(mono, dtype=np.float32)
     if int(sr_in) != sample_rate:
         mono = resample(mono, int(sr_in), sample_rate)

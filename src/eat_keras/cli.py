@@ -127,18 +127,39 @@ def _format_text(path: str, results: list, windowed: bool) -> str:
 def cmd_tag(args: argparse.Namespace) -> int:
     from eat_keras.audio import load_audio
     from eat_keras.loading import load_tagger
-    from eat_keras.tagging import prepare_waveform, tag_waveform
+    from eat_keras.frontend import FrontendConfig
+    from eat_keras.tagging import prepare_waveform, tag_waveform, tag_with
 
     if args.hop is not None and args.window is None:
         raise EatKerasError("--hop needs --window")
-    tagger = load_tagger(args.model, args.weights, None, args.labels)
-    sr = tagger.config.frontend.sample_rate
+    model = Path(args.model)
+    if model.suffix == ".tflite" or (model / "saved_model.pb").is_file():
+        # an exported artifact: the TFLite interpreter (XNNPACK) is the fastest way through long files
+        from eat_keras.runners import load_runner
+
+        runner = load_runner(model, args.labels)
+        sr = FrontendConfig().sample_rate
+        fixed = runner.window_samples
+        if fixed is not None and args.window is not None and int(round(args.window * sr)) != fixed:
+            raise EatKerasError(f"{model.name} takes windows of {fixed / sr:g} s; --window {args.window:g} differs")
+        window = fixed / sr if fixed is not None else args.window
+
+        def tag_one(waveform: Any) -> list:
+            return tag_with(runner.scores, runner.class_names, sr, waveform, args.top_k, window, args.hop, fixed_window=fixed is not None)
+    else:
+        tagger = load_tagger(args.model, args.weights, None, args.labels)
+        sr = tagger.config.frontend.sample_rate
+        window = args.window
+
+        def tag_one(waveform: Any) -> list:
+            return tag_waveform(tagger, waveform, args.top_k, args.window, args.hop)
+
     failures = 0
     documents = []
     for path in args.audio:
         try:
             waveform = prepare_waveform(load_audio(path, sr), sr, path, args.pad_short)
-            results = tag_waveform(tagger, waveform, args.top_k, args.window, args.hop)
+            results = tag_one(waveform)
         except EatKerasError as exc:
             failures += 1
             _error(str(exc))
@@ -159,7 +180,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
                 }
             )
         else:
-            print(_format_text(path, results, args.window is not None), flush=True)
+            print(_format_text(path, results, window is not None), flush=True)
     if args.json:
         json.dump({"model": str(args.model), "results": documents}, sys.stdout, indent=1)
         print()
@@ -347,7 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tag", help="print the top labels of audio files")
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg; any sample rate; mixed to mono)")
-    p.add_argument("--model", required=True, help="preset name, .pt/.onnx file, or converted model folder")
+    p.add_argument(
+        "--model", required=True,
+        help="preset name, .pt/.onnx file, converted model folder, or an exported SavedModel folder or .tflite file",
+    )
     p.add_argument("--weights", help="explicit path to the preset's weight file")
     p.add_argument("--labels", help="class-name file overriding the model's")
     p.add_argument("--top-k", type=int, default=10)

@@ -73,6 +73,9 @@ class SavedModelRunner:
     def logits(self, waveforms: np.ndarray) -> np.ndarray:
         return self._serve(waveform=tf.constant(waveforms, tf.float32))["logits"].numpy()
 
+    def scores(self, waveforms: np.ndarray) -> np.ndarray:
+        return self._serve(waveform=tf.constant(waveforms, tf.float32))["scores"].numpy()
+
 
 class TFLiteRunner:
     def __init__(self, path: str | Path, label_type: str = "multi_label", labels_file: str | Path | None = None) -> None:
@@ -87,21 +90,28 @@ class TFLiteRunner:
         self.window_samples = int(detail["shape"][1])
         outputs = {d["name"]: d["index"] for d in self._interpreter.get_output_details()}
         logits = [i for n, i in outputs.items() if "logits" in n]
-        self._output = logits[0] if logits else next(i for n, i in outputs.items() if "scores" in n)
+        self._scores = next(i for n, i in outputs.items() if "scores" in n)
+        self._output = logits[0] if logits else self._scores
         self._outputs_logits = bool(logits)
         self._label_type = label_type
         self.logits_exact = self._outputs_logits or label_type == "multi_label"
         labels = Path(labels_file) if labels_file else Path(path).with_name("labels.txt")
         self.class_names = labels.read_text().splitlines() if labels.is_file() else []
 
-    def logits(self, waveforms: np.ndarray) -> np.ndarray:
+    def _run(self, waveforms: np.ndarray, output: int) -> np.ndarray:
         rows = []
         for waveform in waveforms:  # the file has a batch-1 input
             self._interpreter.set_tensor(self._input, waveform[np.newaxis].astype(np.float32))
             self._interpreter.invoke()
-            rows.append(self._interpreter.get_tensor(self._output)[0].copy())
-        out = np.stack(rows)
+            rows.append(self._interpreter.get_tensor(output)[0].copy())
+        return np.stack(rows)
+
+    def logits(self, waveforms: np.ndarray) -> np.ndarray:
+        out = self._run(waveforms, self._output)
         return out if self._outputs_logits else _scores_to_logits(out, self._label_type)
+
+    def scores(self, waveforms: np.ndarray) -> np.ndarray:
+        return self._run(waveforms, self._scores)
 
 
 class OnnxRunner:

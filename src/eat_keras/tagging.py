@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -65,6 +65,9 @@ def top_labels(scores: np.ndarray, class_names: list[str], k: int) -> list[Label
     return [LabelScore(int(i), class_names[i], float(scores[i])) for i in order]
 
 
+ScoresFn = Callable[[np.ndarray], np.ndarray]  # [batch, samples] float32 → [batch, classes] scores
+
+
 def tag_waveform(
     tagger: AudioTagger,
     waveform: np.ndarray,
@@ -74,20 +77,43 @@ def tag_waveform(
     batch_size: int = 8,
 ) -> list[WindowResult]:
     """Scores of ``waveform`` (mono, at the model's sample rate): one result, or one per window."""
-    sr = tagger.config.frontend.sample_rate
     names = tagger.class_names or [f"class_{i}" for i in range(tagger.config.num_classes)]
     predict = tagger.predict_function_for_waveforms()
+    return tag_with(
+        lambda batch: predict(tf.constant(batch, tf.float32))["scores"].numpy(),
+        names, tagger.config.frontend.sample_rate, waveform, top_k, window_s, hop_s, batch_size,
+    )
+
+
+def tag_with(
+    scores_fn: ScoresFn,
+    class_names: list[str],
+    sample_rate: int,
+    waveform: np.ndarray,
+    top_k: int = 10,
+    window_s: float | None = None,
+    hop_s: float | None = None,
+    batch_size: int = 8,
+    fixed_window: bool = False,
+) -> list[WindowResult]:
+    """:func:`tag_waveform` for any scoring function (a Keras model, SavedModel or TFLite file).
+
+    ``fixed_window``: the function takes exactly ``window_s`` seconds (a TFLite file), so a clip
+    shorter than one window is zero-padded instead of tagged at its own length.
+    """
+    sr = sample_rate
     if window_s is None:
-        scores = predict(tf.constant(waveform[np.newaxis], tf.float32))["scores"].numpy()[0]
-        return [WindowResult(0.0, len(waveform) / sr, top_labels(scores, names, top_k), scores)]
+        scores = scores_fn(waveform[np.newaxis].astype(np.float32))[0]
+        return [WindowResult(0.0, len(waveform) / sr, top_labels(scores, class_names, top_k), scores)]
     window = int(window_s * sr)
     hop = int((hop_s or window_s) * sr)
-    window = min(window, len(waveform))
+    if not fixed_window:
+        window = min(window, len(waveform))
     starts = window_starts(len(waveform), window, hop)
     results = []
     for batch_start, batch in zip(range(0, len(starts), batch_size), _batches(waveform, starts, window, batch_size)):
-        scores = predict(tf.constant(batch))["scores"].numpy()
+        scores = scores_fn(batch)
         for row, s in enumerate(scores):
             start = starts[batch_start + row]
-            results.append(WindowResult(start / sr, (start + window) / sr, top_labels(s, names, top_k), s))
+            results.append(WindowResult(start / sr, (start + window) / sr, top_labels(s, class_names, top_k), s))
     return results
