@@ -430,3 +430,21 @@ def test_tag_runs_windows_through_an_exported_tflite_file(parity, mn04, shared_d
     assert "takes windows of 1 s" in capsys.readouterr().err
     assert main(["tag", str(clip), "--model", str(artifact)]) == 0
     assert "[    0.00 s -     1.00 s]" in capsys.readouterr().out
+
+
+def test_tagging_through_a_tflite_file_does_not_import_tensorflow(parity, shared_dir):
+    """LiteRT and numpy only: no TensorFlow import time or memory for apps that run exported files."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from eat_keras.cli import main\n"
+        f"status = main(['tag', {str(shared_dir / 'audio' / 'music.wav')!r}, '--model', "
+        f"{str(parity[('waveform', 1)].path)!r}, '--hop', '5', '--top-k', '1'])\n"
+        "assert status == 0, status\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[    5.00 s -     6.00 s]" in done.stdout

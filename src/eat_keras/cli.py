@@ -125,20 +125,19 @@ def _format_text(path: str, results: list, windowed: bool) -> str:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from eat_keras.audio import load_audio
-    from eat_keras.loading import load_tagger
-    from eat_keras.frontend import FrontendConfig
+    from eat_keras.audio import SAMPLE_RATE, load_audio
     from eat_keras.tagging import prepare_waveform, tag_waveform, tag_with
 
-    if args.hop is not None and args.window is None:
-        raise EatKerasError("--hop needs --window")
     model = Path(args.model)
-    if model.suffix == ".tflite" or (model / "saved_model.pb").is_file():
+    is_tflite = model.suffix == ".tflite"
+    if args.hop is not None and args.window is None and not is_tflite:  # a .tflite file fixes the window
+        raise EatKerasError("--hop needs --window")
+    if is_tflite or (model / "saved_model.pb").is_file():
         # an exported artifact: the TFLite interpreter (XNNPACK) is the fastest way through long files
         from eat_keras.runners import load_runner
 
         runner = load_runner(model, args.labels)
-        sr = FrontendConfig().sample_rate
+        sr = SAMPLE_RATE
         fixed = runner.window_samples
         if fixed is not None and args.window is not None and int(round(args.window * sr)) != fixed:
             raise EatKerasError(f"{model.name} takes windows of {fixed / sr:g} s; --window {args.window:g} differs")
@@ -147,6 +146,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
         def tag_one(waveform: Any) -> list:
             return tag_with(runner.scores, runner.class_names, sr, waveform, args.top_k, window, args.hop, fixed_window=fixed is not None)
     else:
+        from eat_keras.loading import load_tagger
+
         tagger = load_tagger(args.model, args.weights, None, args.labels)
         sr = tagger.config.frontend.sample_rate
         window = args.window

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import tensorflow as tf
 
 from eat_keras.errors import EatKerasError
+
+# TensorFlow is imported inside the runners that need it: running a .tflite file needs LiteRT only.
 
 
 class Runner(Protocol):
@@ -57,6 +58,8 @@ class KerasRunner:
         self._fn = self.tagger.predict_function_for_waveforms()
 
     def logits(self, waveforms: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
         return self._fn(tf.constant(waveforms, tf.float32))["logits"].numpy()
 
 
@@ -65,22 +68,29 @@ class SavedModelRunner:
     logits_exact = True
 
     def __init__(self, path: str | Path) -> None:
+        import tensorflow as tf
+
         self._module = tf.saved_model.load(str(path))
         self._serve = self._module.signatures["serving_default"]
         self.name = f"saved_model:{path}"
         self.class_names = [n.decode() for n in self._module.class_names().numpy()]
 
+    def _run(self, waveforms: np.ndarray, output: str) -> np.ndarray:
+        import tensorflow as tf
+
+        return self._serve(waveform=tf.constant(waveforms, tf.float32))[output].numpy()
+
     def logits(self, waveforms: np.ndarray) -> np.ndarray:
-        return self._serve(waveform=tf.constant(waveforms, tf.float32))["logits"].numpy()
+        return self._run(waveforms, "logits")
 
     def scores(self, waveforms: np.ndarray) -> np.ndarray:
-        return self._serve(waveform=tf.constant(waveforms, tf.float32))["scores"].numpy()
+        return self._run(waveforms, "scores")
 
 
 class TFLiteRunner:
     def __init__(self, path: str | Path, label_type: str = "multi_label", labels_file: str | Path | None = None) -> None:
         self.name = f"tflite:{path}"
-        from eat_keras.export.tflite import make_interpreter
+        from eat_keras.litert import make_interpreter
 
         self._interpreter = make_interpreter(path)
         (detail,) = self._interpreter.get_input_details()
@@ -132,6 +142,8 @@ class OnnxRunner:
         self.class_names = list(class_names or [])
 
     def logits(self, waveforms: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
         mel = self._frontend(tf.constant(waveforms, tf.float32), training=False).numpy()
         nchw = np.transpose(mel, (0, 3, 1, 2))  # upstream exports take [B, 1, n_mels, T]
         rows = [self._session.run(None, {self._input: nchw[i : i + 1]})[0].reshape(1, -1) for i in range(len(nchw))]

@@ -11,11 +11,14 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import tensorflow as tf
 
 from eat_keras.audio import check_min_length
-from eat_keras.models import AudioTagger
+
+if TYPE_CHECKING:  # tagging through a .tflite file must not import TensorFlow
+    from eat_keras.models import AudioTagger
 
 MIN_SECONDS = 1.0  # the length range the models are validated for (1 s upward)
 
@@ -77,6 +80,8 @@ def tag_waveform(
     batch_size: int = 8,
 ) -> list[WindowResult]:
     """Scores of ``waveform`` (mono, at the model's sample rate): one result, or one per window."""
+    import tensorflow as tf
+
     names = tagger.class_names or [f"class_{i}" for i in range(tagger.config.num_classes)]
     predict = tagger.predict_function_for_waveforms()
     return tag_with(

@@ -51,6 +51,7 @@ from eat_keras import __version__
 from eat_keras.errors import EatKerasError
 from eat_keras.frontend import FrontendConfig, log_mel_spectrogram
 from eat_keras.frontend_dft import factored_log_mel, radix_for
+from eat_keras.litert import NUM_THREADS, interpreter_class, make_interpreter, run_tflite  # noqa: F401 (public here too)
 from eat_keras.models import AudioTagger
 
 QUANTIZATIONS = ("float32", "float16", "dynamic_int8", "int8")
@@ -61,7 +62,6 @@ LABELS_FILE = "labels.txt"
 TFLITE_DIR = "tflite"
 #: name scope of the front-end ops in the converted graph; selects them for float-only checks
 FRONTEND_SCOPE = "eat_frontend"
-NUM_THREADS = 2
 
 _INTEGER_TENSOR_TYPES = ("INT8", "UINT8", "INT16", "INT4")
 
@@ -516,32 +516,3 @@ def _publish(staging: Path, final_dir: Path) -> None:
         os.replace(path, final_dir / path.name)
 
 
-# ---------------------------------------------------------------------------------------------------
-# running
-
-
-def interpreter_class() -> Any:
-    """``ai_edge_litert.interpreter.Interpreter`` when installed, else ``tf.lite.Interpreter``."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover - depends on the environment
-        return tf.lite.Interpreter
-    return Interpreter
-
-
-def make_interpreter(model: bytes | str | Path, num_threads: int = NUM_THREADS) -> Any:
-    """A LiteRT interpreter (see :func:`interpreter_class`) with the default delegate (XNNPACK) and
-    ``num_threads`` threads, tensors allocated."""
-    kwargs = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
-        interpreter = interpreter_class()(**kwargs, num_threads=num_threads)
-    interpreter.allocate_tensors()
-    return interpreter
-
-
-def run_tflite(interpreter: Any, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """Run the default signature on one input array; returns ``{output name: array}``."""
-    runner = interpreter.get_signature_runner()
-    (input_name,) = runner.get_input_details()
-    return runner(**{input_name: np.asarray(inputs, np.float32)})
