@@ -854,9 +854,10 @@ def export_onnx(
     path: str | Path,
     time_frames: int | None = None,
     dynamic: bool | None = None,
+    batch: int = 1,
 ) -> Path:
     """TorchScript export, opset 13, constant folding, input ``input_values`` = ``[B, 1, n_mels, T]``,
-    output ``logits``.
+    output ``logits``; traced at batch ``batch`` (the fixed batch of a fixed-shape export).
 
     ``dynamic`` (default: True for MN, False for DyMN) declares batch (axis 0) and time (axis 3)
     dynamic. Upstream DyMN cannot be exported that way (its ContextGen's adaptive pooling refuses
@@ -873,7 +874,7 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = _ExportWrapper(model).eval()
-    dummy = torch.randn(1, 1, model.n_mels, frames, generator=torch.Generator().manual_seed(0))
+    dummy = torch.randn(batch, 1, model.n_mels, frames, generator=torch.Generator().manual_seed(0))
     dynamic_axes = (
         {"input_values": {0: "batch_size", 3: "time_steps"}, "logits": {0: "batch_size"}} if dynamic else None
     )
