@@ -18,14 +18,11 @@ BN_MOMENTUM = 0.99
 class ConvBNAct(tf_keras.layers.Layer):
     """torchvision ``ConvNormActivation``: conv without bias → BatchNorm → optional activation.
 
-    In inference (``training`` falsy) BatchNorm is folded into the conv (``fold_batchnorm``).
+    In inference (``training`` falsy) BatchNorm is folded into the conv.
 
     Padding is explicit and symmetric, ``(k - 1) // 2 * dilation`` on every side, followed by a VALID
     conv: TF's ``'same'`` pads asymmetrically for stride 2 on even sizes (128 mel bins is even).
     """
-
-    #: class-level switch, for benchmarks comparing the folded and unfolded inference graphs
-    fold_batchnorm = True
 
     def __init__(
         self,
@@ -71,7 +68,7 @@ class ConvBNAct(tf_keras.layers.Layer):
 
     def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         # the first call builds the sublayers (under their own names) through the unfolded path
-        if not training and self.fold_batchnorm and self.bn.built:
+        if not training and self.bn.built:
             x = self._folded_conv(x)
         else:
             if self.pad is not None:
