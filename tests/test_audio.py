@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from conftest import CLIPS
-from eat_keras.audio import SAMPLE_RATE, check_min_length, load_audio, resample
+from eat_keras.audio import SAMPLE_RATE, AudioFileSignal, check_min_length, load_audio, open_audio, resample
 from eat_keras.errors import AudioError, EatKerasError
 
 
@@ -200,3 +200,87 @@ def test_check_min_length() -> None:
     assert "audio is 0.5 s long; the model needs at least 1 s" in message
     with pytest.raises(AudioError, match="needs at least"):
         check_min_length(np.zeros((1, 10), np.float32), 11)
+
+
+# --- streaming long files ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def short_stream_threshold(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Stream files from 2 s on, so the tests need no minute-long files."""
+    import eat_keras.audio
+
+    monkeypatch.setattr(eat_keras.audio, "STREAM_MIN_SECONDS", 2.0)
+    return 2.0
+
+
+def test_streamed_signal_slices_equal_the_loaded_array(tmp_path: Path, short_stream_threshold: float) -> None:
+    """Stereo 24-bit at 32 kHz: every slice (inside, across the end, empty) is bit-identical."""
+    rng = np.random.default_rng(0)
+    stereo = (rng.uniform(-0.5, 0.5, (3 * SAMPLE_RATE + 123, 2))).astype(np.float32)
+    path = tmp_path / "long.wav"
+    sf.write(path, stereo, SAMPLE_RATE, subtype="PCM_24")
+    whole = load_audio(path)
+    with open_audio(path, stream=True) as signal:
+        assert isinstance(signal, AudioFileSignal)
+        assert len(signal) == len(whole) and signal.shape == whole.shape and np.ndim(signal) == 1
+        for start, stop in [(0, 32000), (40000, 72000), (len(whole) - 1000, len(whole) + 31000), (5, 5)]:
+            piece = signal[start:stop]
+            assert piece.dtype == np.float32
+            np.testing.assert_array_equal(piece, whole[start:stop])
+        with pytest.raises(TypeError):
+            signal[::2]
+    assert signal._file.closed
+
+
+def test_open_audio_loads_whole_when_streaming_cannot_help(tmp_path: Path, short_stream_threshold: float) -> None:
+    """Resampled files (soxr's one-shot result is the reference), short files, or stream=False."""
+    long_44k = tmp_path / "long_44k.wav"
+    sf.write(long_44k, _sine(440, 44100, 3.0), 44100)
+    short = tmp_path / "short.wav"
+    sf.write(short, _sine(440, SAMPLE_RATE, 1.0), SAMPLE_RATE)
+    long_32k = tmp_path / "long_32k.wav"
+    sf.write(long_32k, _sine(440, SAMPLE_RATE, 3.0), SAMPLE_RATE)
+    for path, stream in [(long_44k, True), (short, True), (long_32k, False)]:
+        with open_audio(path, stream=stream) as waveform:
+            assert isinstance(waveform, np.ndarray)
+            np.testing.assert_array_equal(waveform, load_audio(path))
+    with pytest.raises(AudioError, match="not found"):
+        with open_audio(tmp_path / "missing.wav", stream=True):
+            pass
+
+
+def test_streamed_nan_is_reported_with_the_window_that_holds_it(tmp_path: Path, short_stream_threshold: float) -> None:
+    x = _sine(440, SAMPLE_RATE, 3.0)
+    x[2 * SAMPLE_RATE + 7] = np.nan
+    path = tmp_path / "nan_late.wav"
+    sf.write(path, x, SAMPLE_RATE, subtype="FLOAT")
+    with open_audio(path, stream=True) as signal:
+        assert np.isfinite(signal[0:SAMPLE_RATE]).all()
+        with pytest.raises(AudioError, match="nan_late.wav: audio holds non-finite samples"):
+            signal[2 * SAMPLE_RATE : 3 * SAMPLE_RATE]
+
+
+@pytest.mark.parametrize("fixed_window", [False, True])
+def test_windowed_tagging_of_a_streamed_file_equals_the_loaded_one(
+    tmp_path: Path, short_stream_threshold: float, fixed_window: bool
+) -> None:
+    """tag_with slices windows (the last one zero-padded) from either form with the same result."""
+    from eat_keras.tagging import tag_with
+
+    x = (np.random.default_rng(1).standard_normal(int(4.3 * SAMPLE_RATE)) * 0.1).astype(np.float32)
+    path = tmp_path / "long.flac"
+    sf.write(path, x, SAMPLE_RATE, format="FLAC")
+
+    def scores(batch: np.ndarray) -> np.ndarray:  # a "model" that sees every sample of each window
+        return np.stack([batch.mean(axis=1), batch.std(axis=1), batch[:, -1]], axis=1)
+
+    names = ["mean", "std", "last"]
+    with open_audio(path, stream=True) as signal:
+        assert isinstance(signal, AudioFileSignal)
+        streamed = tag_with(scores, names, SAMPLE_RATE, signal, 3, 1.5, 1.0, batch_size=3, fixed_window=fixed_window)
+    loaded = tag_with(scores, names, SAMPLE_RATE, load_audio(path), 3, 1.5, 1.0, batch_size=3, fixed_window=fixed_window)
+    assert [(r.start, r.end) for r in streamed] == [(r.start, r.end) for r in loaded]
+    assert len(streamed) == 4  # starts 0, 1, 2, 3 s; the last window runs past the end
+    for a, b in zip(streamed, loaded):
+        np.testing.assert_array_equal(a.scores, b.scores)

@@ -432,6 +432,40 @@ def test_tag_runs_windows_through_an_exported_tflite_file(parity, mn04, shared_d
     assert "[    0.00 s -     1.00 s]" in capsys.readouterr().out
 
 
+def test_tag_streams_a_long_file_with_the_same_result(parity, shared_dir, tmp_path, monkeypatch, capsys):
+    """A long file at 32 kHz is decoded window by window (never whole) and tagged as if loaded."""
+    import json
+
+    import soundfile as sf
+
+    import eat_keras.audio
+    from eat_keras.audio import load_audio
+    from eat_keras.cli import main
+    from eat_keras.runners import load_runner
+    from eat_keras.tagging import tag_with
+
+    clips = [load_audio(shared_dir / "audio" / name) for name in ("speech.wav", "music.wav")]
+    long_file = tmp_path / "long_32k.wav"
+    sf.write(long_file, np.concatenate(clips), 32000, subtype="PCM_16")  # 20 s, 16-bit as recorders write
+    expected_waveform = load_audio(long_file)
+    artifact = parity[("waveform", 1)].path
+    runner = load_runner(artifact)
+    want = tag_with(runner.scores, runner.class_names, 32000, expected_waveform, 3, 1.0, 1.5, fixed_window=True)
+
+    monkeypatch.setattr(eat_keras.audio, "STREAM_MIN_SECONDS", 15.0)
+
+    def whole_file_load(*args, **kwargs):
+        raise AssertionError("the long file was loaded whole")
+
+    monkeypatch.setattr(eat_keras.audio, "load_audio", whole_file_load)
+    assert main(["tag", str(long_file), "--model", str(artifact), "--hop", "1.5", "--json", "--top-k", "3"]) == 0
+    windows = json.loads(capsys.readouterr().out)["results"][0]["windows"]
+    assert len(windows) == len(want) == 14  # 20 s in 1 s windows every 1.5 s
+    for got, ref in zip(windows, want):
+        assert (got["start"], got["end"]) == (ref.start, ref.end)
+        assert [(t["label"], t["score"]) for t in got["labels"]] == [(t.label, round(t.score, 6)) for t in ref.top]
+
+
 def test_tagging_through_a_tflite_file_does_not_import_tensorflow(parity, shared_dir):
     """LiteRT and numpy only: no TensorFlow import time or memory for apps that run exported files."""
     import subprocess

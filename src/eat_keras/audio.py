@@ -11,7 +11,9 @@ Every failure a user can cause (missing, empty, corrupt or non-finite file) beco
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +22,14 @@ import soxr
 
 from eat_keras.errors import AudioError
 
-__all__ = ["SAMPLE_RATE", "load_audio", "resample", "check_min_length"]
+__all__ = ["SAMPLE_RATE", "AudioFileSignal", "check_min_length", "load_audio", "open_audio", "resample"]
 
 #: The sample rate every EfficientAT model was trained on.
 SAMPLE_RATE = 32000
+#: files at least this long (in seconds) are decoded window by window when a caller asks to stream
+STREAM_MIN_SECONDS = 60.0
+#: what libsndfile and soundfile raise on a file they cannot decode
+_DECODE_ERRORS = (sf.SoundFileError, RuntimeError, OSError, ValueError, TypeError)
 
 
 def _one_line(text: str) -> str:
@@ -75,8 +81,25 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> 
         AudioError: missing, a directory, empty, unreadable or undecodable file, zero frames,
             or NaN/Inf samples.
     """
+    p = _checked_path(path)
+    try:
+        # always_2d gives [frames, channels] for every format; float32 as librosa.load decodes it.
+        data, sr_in = sf.read(str(p), dtype="float32", always_2d=True)
+    except _DECODE_ERRORS as exc:
+        raise _decode_error(p, exc) from exc
+    if data.shape[0] == 0:
+        raise AudioError(f"{p}: audio file holds no samples (0 frames)")
+    # Checked before resampling: soxr would smear one NaN over the whole neighbourhood.
+    mono = _finite_mono(data, p)
+    if int(sr_in) != sample_rate:
+        mono = resample(mono, int(sr_in), sample_rate)
+    return mono
+
+
+def _checked_path(path: str | os.PathLike[str]) -> Path:
+    """The path, once it names a non-empty readable file: libsndfile reports all of these failures
+    as "Error opening ...", so they are told apart here."""
     p = Path(path)
-    # Checked up front because libsndfile reports all of these as "Error opening ...".
     if not p.exists():
         raise AudioError(f"{p}: audio file not found")
     if p.is_dir():
@@ -89,32 +112,91 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> 
         raise AudioError(f"{p}: audio file is empty (0 bytes)")
     if not os.access(p, os.R_OK):
         raise AudioError(f"{p}: audio file is not readable (permission denied)")
+    return p
 
-    try:
-        # always_2d gives [frames, channels] for every format; float32 as librosa.load decodes it.
-        data, sr_in = sf.read(str(p), dtype="float32", always_2d=True)
-    except sf.LibsndfileError as exc:
+
+def _decode_error(p: Path, exc: Exception) -> AudioError:
+    """A decoding failure (one of ``_DECODE_ERRORS``) as one AudioError line."""
+    if isinstance(exc, sf.LibsndfileError):
         reason = _one_line(exc.error_string) or "unknown libsndfile error"
-        raise AudioError(
+        return AudioError(
             f"{p}: cannot decode audio ({reason}); the file is corrupt, truncated or not in a "
             "format libsndfile reads"
-        ) from exc
-    except (sf.SoundFileError, RuntimeError, OSError, ValueError, TypeError) as exc:
-        raise AudioError(f"{p}: cannot decode audio ({_one_line(exc)})") from exc
+        )
+    return AudioError(f"{p}: cannot decode audio ({_one_line(exc)})")
 
-    if data.shape[0] == 0:
-        raise AudioError(f"{p}: audio file holds no samples (0 frames)")
+
+def _finite_mono(data: np.ndarray, p: Path) -> np.ndarray:
+    """``[frames, channels]`` → contiguous float32 mono (librosa.to_mono: the mean over channels, a
+    single channel taken as is, bit-exact); NaN or Inf samples raise."""
     if not np.isfinite(data).all():
-        # Checked before resampling: soxr would smear one NaN over the whole neighbourhood.
         raise AudioError(f"{p}: audio holds non-finite samples (NaN or Inf)")
-
-    # librosa.to_mono: mean over channels (a single channel is taken as is, bit-exact).
     # reshape, not data[:, 0]: a view of the [frames, 1] array, so a long file is not copied again
     mono = data.reshape(-1) if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
-    mono = np.ascontiguousarray(mono, dtype=np.float32)
-    if int(sr_in) != sample_rate:
-        mono = resample(mono, int(sr_in), sample_rate)
-    return mono
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+class AudioFileSignal:
+    """A file at the model's sample rate as a lazily decoded 1-D float32 mono signal.
+
+    ``len()`` and slicing (``signal[start:stop]``) behave as on :func:`load_audio`'s array, with the
+    same values (the channel mean is per frame), but only the sliced frames are decoded: tagging an
+    hour in 10 s windows holds one window in memory instead of the whole file, and skips the page
+    faults of a fresh 460 MB array (about a second per hour of audio). A NaN or Inf sample raises
+    :class:`AudioError` when the window holding it is read.
+    """
+
+    ndim = 1
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, sound_file: sf.SoundFile, path: Path) -> None:
+        self._file = sound_file
+        self._path = path
+        self._frames = int(sound_file.frames)
+
+    def __len__(self) -> int:
+        return self._frames
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self._frames,)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("an AudioFileSignal is read by contiguous slices only")
+        start, stop, _ = index.indices(self._frames)
+        count = max(stop - start, 0)
+        try:
+            self._file.seek(start)
+            data = self._file.read(count, dtype="float32", always_2d=True)
+        except _DECODE_ERRORS as exc:
+            raise _decode_error(self._path, exc) from exc
+        return _finite_mono(data, self._path)
+
+
+@contextlib.contextmanager
+def open_audio(
+    path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE, stream: bool = False
+) -> Iterator[np.ndarray | AudioFileSignal]:
+    """The waveform of ``path`` for the ``with`` block: :func:`load_audio`'s array, or, with
+    ``stream`` and a file already at ``sample_rate`` and at least :data:`STREAM_MIN_SECONDS` long,
+    an :class:`AudioFileSignal` read slice by slice (resampled or short files are loaded whole:
+    soxr's one-shot result is what upstream computes)."""
+    p = _checked_path(path)
+    sound_file = None
+    if stream:
+        try:
+            sound_file = sf.SoundFile(str(p))
+        except _DECODE_ERRORS as exc:
+            raise _decode_error(p, exc) from exc
+        if sound_file.samplerate != sample_rate or sound_file.frames < STREAM_MIN_SECONDS * sample_rate:
+            sound_file.close()
+            sound_file = None
+    if sound_file is None:
+        yield load_audio(p, sample_rate)
+        return
+    with sound_file:
+        yield AudioFileSignal(sound_file, p)
 
 
 def check_min_length(

@@ -125,7 +125,7 @@ def _format_text(path: str, results: list, windowed: bool) -> str:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from eat_keras.audio import SAMPLE_RATE, load_audio
+    from eat_keras.audio import SAMPLE_RATE, open_audio
     from eat_keras.tagging import prepare_waveform, tag_waveform, tag_with
 
     model = Path(args.model)
@@ -159,8 +159,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
     documents = []
     for path in args.audio:
         try:
-            waveform = prepare_waveform(load_audio(path, sr), sr, path, args.pad_short)
-            results = tag_one(waveform)
+            # windowed tagging decodes a long file window by window (see audio.open_audio)
+            with open_audio(path, sr, stream=window is not None) as waveform:
+                results = tag_one(prepare_waveform(waveform, sr, path, args.pad_short))
         except EatKerasError as exc:
             failures += 1
             _error(str(exc))
