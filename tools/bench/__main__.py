@@ -80,6 +80,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tag-seconds", type=int, default=3600, help="length of the tag_hour recording")
     parser.add_argument("--work-dir", type=Path, default=paths.DEFAULT_WORK_DIR, help="artifacts, cached between runs")
     parser.add_argument("--rebuild", action="store_true", help="rebuild every artifact (fresh conversion times)")
+    parser.add_argument("--onednn", choices=["default", "on", "off"], default="default",
+                        help="TensorFlow's oneDNN kernels (TF_ENABLE_ONEDNN_OPTS) for this run and its child processes; "
+                        "TF turns them on by itself only on CPUs with AVX512-VNNI, AVX-VNNI or AMX")
     parser.add_argument("--o2t-venv", type=Path, default=paths.DEFAULT_O2T_VENV, help="virtualenv with onnx2tf, onnxsim")
     parser.add_argument("--json", type=Path, default=None, help=f"raw results (default {paths.DEFAULT_JSON})")
     parser.add_argument("--markdown", type=Path, default=None, help=f"report (default {paths.DEFAULT_MARKDOWN})")
@@ -240,6 +243,10 @@ def write_outputs(results: dict[str, Any], args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.onednn != "default":  # read once, when TensorFlow starts: set before any import of it
+        if "tensorflow" in sys.modules:
+            raise SystemExit("--onednn must be chosen before TensorFlow is imported")
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if args.onednn == "on" else "0"
     args.work_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: dict[str, Any] = {
@@ -251,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             "inputs": args.inputs, "routes": args.routes, "runs": args.runs,
             "warmup": args.warmup, "threads": args.threads, "probe_calls": 0 if args.no_probe else args.probe_calls,
             "tag_seconds": args.tag_seconds, "work_dir": str(args.work_dir), "smoke": args.runs < MIN_FINAL_RUNS,
+            "onednn": args.onednn, "onednn_enabled": machine.tensorflow_onednn_enabled(),
         },
         "inputs": {},
         "models": {},

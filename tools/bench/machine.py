@@ -62,6 +62,16 @@ def git_commit(repo: Path = REPO_ROOT) -> str:
     return "unknown"
 
 
+def tensorflow_onednn_enabled() -> bool | None:
+    """Whether TensorFlow's oneDNN kernels are on in this process (imports TensorFlow)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except ImportError:
+        return None
+
+
 def describe(o2t_venv: Path, argv: list[str]) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -52,6 +52,15 @@ def _verdict(row: dict[str, Any]) -> str:
     return verdict + (" (reported, no target)" if row["report_only"] else "")
 
 
+def _onednn(settings: dict[str, Any]) -> str:
+    enabled = settings.get("onednn_enabled")
+    if enabled is None:
+        return ""
+    how = {"on": "TF_ENABLE_ONEDNN_OPTS=1", "off": "TF_ENABLE_ONEDNN_OPTS=0"}.get(settings.get("onednn", "default"),
+                                                                             "TensorFlow's choice for this CPU")
+    return f" and its oneDNN kernels {'on' if enabled else 'off'} ({how})"
+
+
 def _header(results: dict[str, Any]) -> list[str]:
     m, s = results["machine"], results["settings"]
     lines = ["# eat-keras benchmarks", ""]
@@ -69,7 +78,7 @@ def _header(results: dict[str, Any]) -> list[str]:
         + f"routes {', '.join(s['routes'])}",
         f"- timing: {s['warmup']} warm-up + {s['runs']} timed calls per (route, input), all routes of a model "
         f"alternating call by call (round-robin) in one process; LiteRT (XNNPACK) and onnxruntime with "
-        f"{s['threads']} threads, TensorFlow with its defaults. Load time and peak RSS: a fresh process per "
+        f"{s['threads']} threads, TensorFlow with its defaults{_onednn(s)}. Load time and peak RSS: a fresh process per "
         f"(route, input) that loads the artifact and makes 1 + {s['probe_calls']} calls.",
         "",
         "Inputs (real audio, `golden/clips`): " + "; ".join(

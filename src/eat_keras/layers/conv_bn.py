@@ -88,6 +88,14 @@ class ConvBNAct(tf_keras.layers.Layer):
         strides = [1, self.strides, self.strides, 1]
         dilations = [self.dilation, self.dilation]
         if self.depthwise:
+            # Not explicit padding: with oneDNN on (TF's default on recent Intel CPUs) grappler fuses
+            # DepthwiseConv2dNative + BiasAdd and the fused kernel aborts the process on explicit
+            # paddings (tensor_format.h "Invalid index from the dimension"). At stride 1, "SAME" is
+            # the same symmetric padding; at stride 2 it is not (TF pads bottom/right), so pad first.
+            if pad and self.strides == 1 and 2 * pad == (self.kernel_size - 1) * self.dilation:
+                padding = "SAME"
+            elif pad:
+                x, padding = tf.pad(x, padding), "VALID"
             kernel = self.conv.depthwise_kernel * scale[:, tf.newaxis]
             y = tf.nn.depthwise_conv2d(x, kernel, strides, padding, dilations=dilations)
         else:
