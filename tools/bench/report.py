@@ -193,7 +193,9 @@ def _tag_hour(tag: dict[str, Any] | None, title: str = "## Tagging a long record
         f"- recording: {tag['audio_s']:.0f} s ({tag['recording']}), {tag['windows']} windows tagged "
         f"(expected {tag['expected_windows']})",
         f"- wall time {tag['wall_s']:.1f} s (CLI start-up included) → {tag['realtime_factor']:.0f}× real time; "
-        f"CPU user {tag['user_cpu_s']:.1f} s, system {tag['system_cpu_s']:.1f} s",
+        f"CPU user {tag['user_cpu_s']:.1f} s, system {tag['system_cpu_s']:.1f} s"
+        + (f" (the median of {len(tag['wall_s_runs'])} runs: "
+           + ", ".join(f"{w:.1f}" for w in tag["wall_s_runs"]) + " s)" if len(tag.get("wall_s_runs", [])) > 1 else ""),
         *([f"- for scale: the same command on one 10 s window takes {tag['one_window_wall_s']:.1f} s "
            "(imports, model loading, first call)"] if tag.get("one_window_wall_s") else []),
         f"- peak RSS of the CLI process: {tag['peak_rss_mb']:.0f} MiB ({tag['peak_rss_mb'] * 1024**2 / 1e9:.2f} GB)",
