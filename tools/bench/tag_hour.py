@@ -75,8 +75,9 @@ def benchmark(seconds: int, model: Path, work_dir: Path, repeats: int = 1) -> di
     kind = model.suffix.lstrip(".")
     runs = [run_tag(recording, model, out_dir / f"tag_{seconds}s_{kind}.log") for _ in range(max(repeats, 1))]
     ok = [r for r in runs if r["exit_code"] == 0]
+    failed = [r for r in runs if r["exit_code"] != 0]
     # a failed run is reported as such; otherwise the median run by wall time (the upper one of two)
-    result = dict(sorted(ok, key=lambda r: r["wall_s"])[len(ok) // 2] if len(ok) == len(runs) else runs[0])
+    result = dict(failed[0] if failed else sorted(ok, key=lambda r: r["wall_s"])[len(ok) // 2])
     result["wall_s_runs"] = [r["wall_s"] for r in runs]
     if ok:
         result["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
