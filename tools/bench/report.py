@@ -198,7 +198,8 @@ def _tag_hour(tag: dict[str, Any] | None, title: str = "## Tagging a long record
            + ", ".join(f"{w:.1f}" for w in tag["wall_s_runs"]) + " s)" if len(tag.get("wall_s_runs", [])) > 1 else ""),
         *([f"- for scale: the same command on one 10 s window takes {tag['one_window_wall_s']:.1f} s "
            "(imports, model loading, first call)"] if tag.get("one_window_wall_s") else []),
-        f"- peak RSS of the CLI process: {tag['peak_rss_mb']:.0f} MiB ({tag['peak_rss_mb'] * 1024**2 / 1e9:.2f} GB)",
+        f"- peak RSS of the CLI process: {tag['peak_rss_mb']:.0f} MiB ({tag['peak_rss_mb'] * 1024**2 / 1e9:.2f} GB)"
+        + (" (the highest of the runs)" if len(tag.get("wall_s_runs", [])) > 1 else ""),
         "",
     ]
 
