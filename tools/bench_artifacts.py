@@ -10,17 +10,16 @@ into a temporary folder, then measures each artifact in a fresh Python process:
 - first inference and the median of 10 further ones, batch 1, on the file's window (SavedModel:
   ``serving_default`` on a 10 s and a 1 s waveform).
 
-With ``--compare-dft`` it also times the RFFT2D front-end against an exact DFT-as-matmul front-end
-(800 window samples × 513 one-sided bins, window folded into the cos/sin basis) in float32 TFLite.
+The speed comparison against the other runtimes is ``python -m tools.bench``; this tool covers every
+file ``eat-keras export`` writes for one model, including the 1 s windows and the int8 variants.
 
-    python tools/bench_artifacts.py --markdown bench.md [--compare-dft]
+    python tools/bench_artifacts.py --markdown bench.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -94,75 +93,6 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def compare_dft(tagger, repeats: int = 30) -> list[dict]:
-    """Float32 TFLite, RFFT2D front-end vs exact DFT matmul front-end, same network, 2 threads."""
-    import tensorflow as tf
-
-    from eat_keras.export import tflite as T
-    from eat_keras.frontend import LOG_OFFSET, PREEMPHASIS, kaldi_mel_banks, normalize
-
-    c = tagger.config.frontend
-    left = (c.n_fft - c.win_length) // 2
-    n = np.arange(left, left + c.win_length, dtype=np.float64)
-    m = np.arange(c.win_length, dtype=np.float64)
-    window = 0.5 - 0.5 * np.cos(2.0 * math.pi * m / (c.win_length - 1))
-    k = np.arange(c.n_fft // 2 + 1, dtype=np.float64)
-    angle = 2.0 * math.pi * np.outer(n, k) / c.n_fft
-    basis = np.concatenate([window[:, None] * np.cos(angle), -window[:, None] * np.sin(angle)], axis=1).astype(np.float32)
-    banks_t = np.ascontiguousarray(
-        kaldi_mel_banks(c.n_mels, c.n_fft, c.sample_rate, c.fmin, c.effective_fmax).numpy().T
-    )
-    bins = c.n_fft // 2 + 1
-
-    def dft_log_mel(waveform):
-        emphasised = waveform[:, 1:] - PREEMPHASIS * waveform[:, :-1]
-        padded = tf.pad(emphasised, [[0, 0], [c.n_fft // 2, c.n_fft // 2]], mode="REFLECT")
-        frames = tf.signal.frame(padded[:, left : padded.shape[1] - left], c.win_length, c.hop_length)
-        y = tf.linalg.matmul(frames, tf.constant(basis))
-        power = tf.square(y[..., :bins]) + tf.square(y[..., bins:])
-        mel = tf.linalg.matmul(tf.constant(banks_t), power, transpose_b=True)
-        return normalize(tf.math.log(mel + LOG_OFFSET))
-
-    module = T._ConversionModule(tagger)
-    rows = []
-    for seconds in (1, 10):
-        samples = seconds * c.sample_rate
-        models = {}
-        for kind, frontend in (("rfft", lambda w: tagger.frontend(w, training=False)[..., 0]), ("dft_matmul", dft_log_mel)):
-            @tf.function(input_signature=[tf.TensorSpec([1, samples], tf.float32, name="waveform")])
-            def serve(waveform, frontend=frontend):
-                mel = frontend(waveform)[..., tf.newaxis]
-                return {"scores": tagger.scores_from_logits(tagger.net(mel, training=False)["logits"])}
-
-            @tf.function(input_signature=[tf.TensorSpec([1, samples], tf.float32, name="waveform")])
-            def front_only(waveform, frontend=frontend):
-                return {"log_mel": frontend(waveform)}
-
-            for part, fn in (("whole model", serve), ("front-end only", front_only)):
-                models[(kind, part)] = T._base_converter(fn.get_concrete_function(), module).convert()
-        x = np.random.RandomState(0).uniform(-0.5, 0.5, (1, samples)).astype(np.float32)
-        reference = tagger.frontend(tf.constant(x), training=False).numpy()[..., 0]
-        for part in ("whole model", "front-end only"):
-            interpreters = {kind: T.make_interpreter(models[(kind, part)]) for kind in ("rfft", "dft_matmul")}
-            times = {kind: [] for kind in interpreters}
-            for _ in range(repeats):  # interleaved, so that load from other processes hits both alike
-                for kind, it in interpreters.items():
-                    d = it.get_input_details()[0]
-                    start = time.perf_counter()
-                    it.set_tensor(d["index"], x)
-                    it.invoke()
-                    times[kind].append(time.perf_counter() - start)
-            for kind in interpreters:
-                row = {"window_s": seconds, "part": part, "front_end": kind,
-                       "size_mb": len(models[(kind, part)]) / 1e6,
-                       "median_ms": 1000 * float(np.median(times[kind])), "min_ms": 1000 * float(np.min(times[kind]))}
-                if part == "front-end only":
-                    got = T.run_tflite(interpreters[kind], x)["log_mel"]
-                    row["max_abs_log_mel_diff"] = float(np.abs(got - reference).max())
-                rows.append(row)
-    return rows
-
-
 def main(argv: list[str] | None = None) -> int:
     from tflite_agreement import add_model_arguments, calibration_subset, esc10_clips
 
@@ -170,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(parser)
     parser.add_argument("--markdown", help="write the tables here")
     parser.add_argument("--json", help="write the raw numbers here")
-    parser.add_argument("--compare-dft", action="store_true")
     args = parser.parse_args(argv)
 
     from eat_keras.export.saved_model import export_saved_model
@@ -215,21 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     lines.append("")
     lines.append("Runtime import (not in the load column): " + ", ".join(
         f"{k} {1000 * float(np.median(v)):.0f} ms" for k, v in imports.items()))
-    dft_rows = []
-    if args.compare_dft:
-        dft_rows = compare_dft(tagger)
-        lines += ["", "| window | part | front-end | size (MB) | median (ms) | min (ms) | max abs log-mel diff vs RFFT export |",
-                  "|---:|---|---|---:|---:|---:|---:|"]
-        for r in dft_rows:
-            diff = f"{r['max_abs_log_mel_diff']:.1e}" if "max_abs_log_mel_diff" in r else ""
-            lines.append(f"| {r['window_s']} s | {r['part']} | {r['front_end']} | {r['size_mb']:.2f} | "
-                         f"{r['median_ms']:.2f} | {r['min_ms']:.2f} | {diff} |")
     text = "\n".join(lines)
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
     if args.json:
-        Path(args.json).write_text(json.dumps({"artifacts": rows, "dft": dft_rows}, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps({"artifacts": rows}, indent=1) + "\n")
     return 0
 
 
