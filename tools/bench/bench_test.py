@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,30 @@ def test_summarize() -> None:
 def test_round_robin_alternates_cells() -> None:
     order: list[str] = []
     calls = {("a", "x"): lambda: order.append("a"), ("b", "x"): lambda: order.append("b")}
-    times = timing.round_robin(calls, runs=3, warmup=1)
-    assert order == ["a", "b"] * 4 and all(len(t) == 3 for t in times.values())
+    times = timing.round_robin(calls, runs=3, warmup=1, block=3, settle_s=0)
+    assert order == ["a", "b"] + ["a"] * 4 + ["b"] * 4 and all(len(t) == 3 for t in times.values())
+
+
+def test_round_robin_visits_in_blocks_after_an_untimed_call() -> None:
+    """5 timed calls in blocks of 2: 3 rounds (2 + 2 + 1), each visit led by one untimed call."""
+    order: list[str] = []
+    calls = {("a", "x"): lambda: order.append("a"), ("b", "x"): lambda: order.append("b")}
+    times = timing.round_robin(calls, runs=5, warmup=0, block=2, settle_s=0)
+    assert order == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 2 + ["b"] * 2
+    assert all(len(t) == 5 for t in times.values())
+
+
+def test_round_robin_times_only_the_block_calls() -> None:
+    """The untimed lead-in call of each visit is the slow one; it must not reach the times."""
+    state = {"calls": 0}
+
+    def call() -> None:
+        state["calls"] += 1
+        if state["calls"] % 3 == 1:  # the first call of each visit (no warm-up, block 2)
+            time.sleep(0.05)
+
+    times = timing.round_robin({("a", "x"): call}, runs=4, warmup=0, block=2, settle_s=0)
+    assert max(times[("a", "x")]) < 0.04
 
 
 def test_onnx2tf_error_text_keeps_the_exception_and_node() -> None:
