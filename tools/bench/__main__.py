@@ -26,10 +26,10 @@ batch 1 × 10 s, batch 8 × 10 s. Routes (``--routes``, groups ``tflite`` and ``
 - ``tag_hour``: ``eat-keras tag`` on a one-hour recording with mn10: × real time and peak RSS.
 
 For each model, artifacts are built (or reused from ``--work-dir``) in a subprocess that times every
-conversion; then all routes are loaded in this process and timed round-robin (``--warmup`` untimed
-calls each, then rounds that visit every cell in turn: a 0.1 s pause, one untimed call and up to 3 of
-its ``--runs`` timed calls), so that machine drift hits every route alike and no route pays for the
-idle threads of the one before it (see :mod:`tools.bench.timing`).
+conversion; then all routes are loaded in this process and timed round-robin, call by call
+(``--warmup`` untimed rounds, ``--runs`` timed ones; each timed call comes after at least 0.08 s of
+untimed calls of its own), so that machine drift hits every route alike and no route pays for the
+spinning idle threads of the one before it (see :mod:`tools.bench.timing`).
 Finally each (route, input) is loaded again in a fresh process for load time and peak RSS. The JSON
 keeps every raw time; the markdown report has the tables and the issue's targets with pass/fail.
 """
@@ -207,7 +207,7 @@ def bench_model(model: BenchModel, inputs: dict[str, BenchInput], args: argparse
                 out["routes"][name]["inputs"][inp.name] = {"error": f"{type(exc).__name__}: {str(exc)[:1500]}"}
                 continue
             calls[(name, inp.name)] = lambda route=route, inp=inp: route.run(inp)
-    log(f"{model.name}: timing {len(calls)} cells, {args.warmup} warm-up + {args.runs} timed calls each")
+    log(f"{model.name}: timing {len(calls)} cells, {args.warmup} warm-up + {args.runs} rounds")
     times = round_robin(calls, args.runs, args.warmup, progress=lambda m: log(f"{model.name}: {m}"))
     for (name, inp_name), seconds in times.items():
         route = loaded[name][0]
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             # models and inputs only matter to the timed routes (tag_hour always uses mn10)
             "models": args.models if any(r in ROUTE_DEFS for r in args.routes) else [],
             "inputs": args.inputs, "routes": args.routes, "runs": args.runs,
-            "warmup": args.warmup, "block": timing.BLOCK, "settle_s": timing.SETTLE_SECONDS, "threads": args.threads, "probe_calls": 0 if args.no_probe else args.probe_calls,
+            "warmup": args.warmup, "lead_in_s": timing.LEAD_IN_SECONDS, "threads": args.threads, "probe_calls": 0 if args.no_probe else args.probe_calls,
             "tag_seconds": args.tag_seconds, "work_dir": str(args.work_dir), "smoke": args.runs < MIN_FINAL_RUNS,
             "onednn": args.onednn, "onednn_enabled": machine.tensorflow_onednn_enabled(),
         },

@@ -51,32 +51,28 @@ def test_summarize() -> None:
 
 
 def test_round_robin_alternates_cells() -> None:
+    """One warm-up round, then per round and cell one untimed lead-in call and one timed call."""
     order: list[str] = []
     calls = {("a", "x"): lambda: order.append("a"), ("b", "x"): lambda: order.append("b")}
-    times = timing.round_robin(calls, runs=3, warmup=1, block=3, settle_s=0)
-    assert order == ["a", "b"] + ["a"] * 4 + ["b"] * 4 and all(len(t) == 3 for t in times.values())
+    times = timing.round_robin(calls, runs=3, warmup=1, lead_in_s=0)
+    assert order == ["a", "b"] + ["a", "a", "b", "b"] * 3 and all(len(t) == 3 for t in times.values())
 
 
-def test_round_robin_visits_in_blocks_after_an_untimed_call() -> None:
-    """5 timed calls in blocks of 2: 3 rounds (2 + 2 + 1), each visit led by one untimed call."""
-    order: list[str] = []
-    calls = {("a", "x"): lambda: order.append("a"), ("b", "x"): lambda: order.append("b")}
-    times = timing.round_robin(calls, runs=5, warmup=0, block=2, settle_s=0)
-    assert order == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 2 + ["b"] * 2
-    assert all(len(t) == 5 for t in times.values())
+def test_round_robin_lead_in_lasts_and_is_not_timed() -> None:
+    """Lead-in calls go on for ``lead_in_s``; the slow first call of a visit never reaches the times."""
+    state = {"calls": 0, "after_other_cell": True}
 
-
-def test_round_robin_times_only_the_block_calls() -> None:
-    """The untimed lead-in call of each visit is the slow one; it must not reach the times."""
-    state = {"calls": 0}
-
-    def call() -> None:
+    def call() -> None:  # slow right after the other cell ran, as after onnxruntime's spinning workers
         state["calls"] += 1
-        if state["calls"] % 3 == 1:  # the first call of each visit (no warm-up, block 2)
-            time.sleep(0.05)
+        time.sleep(0.05 if state["after_other_cell"] else 0.001)
+        state["after_other_cell"] = False
 
-    times = timing.round_robin({("a", "x"): call}, runs=4, warmup=0, block=2, settle_s=0)
-    assert max(times[("a", "x")]) < 0.04
+    def other_cell() -> None:
+        state["after_other_cell"] = True
+
+    times = timing.round_robin({("a", "x"): call, ("b", "x"): other_cell}, runs=2, warmup=0, lead_in_s=0.06)
+    assert len(times[("a", "x")]) == 2 and max(times[("a", "x")]) < 0.04
+    assert state["calls"] >= 2 * 3  # per round: the 50 ms call, 1 ms calls up to 60 ms, the timed one
 
 
 def test_onnx2tf_error_text_keeps_the_exception_and_node() -> None:

@@ -77,9 +77,9 @@ def _header(results: dict[str, Any]) -> list[str]:
         (f"- models {', '.join(s['models'])}; inputs {', '.join(s['inputs'])}; " if s["models"] else "- ")
         + f"routes {', '.join(s['routes'])}",
         f"- timing: {s['warmup']} warm-up + {s['runs']} timed calls per (route, input), all routes of a model "
-        f"alternating in one process (round-robin: each visit to a route is a {_f(s.get('settle_s'))} s pause, one "
-        f"untimed call and {s.get('block')} timed calls back to back, so that no route pays for the spinning "
-        f"idle threads of the route before it); LiteRT (XNNPACK) and onnxruntime with "
+        f"alternating call by call (round-robin) in one process; each timed call comes after at least "
+        f"{_f(s.get('lead_in_s'), '.2f')} s of untimed calls of the same route and input, so that no route pays for the "
+        f"spinning idle threads of the route before it; LiteRT (XNNPACK) and onnxruntime with "
         f"{s['threads']} threads, TensorFlow with its defaults{_onednn(s)}. Load time and peak RSS: a fresh process per "
         f"(route, input) that loads the artifact and makes 1 + {s['probe_calls']} calls.",
         "",

@@ -1,16 +1,16 @@
 """Round-robin timing and summary statistics.
 
-All cells (route × input) of one model are timed in one loop that visits each cell once per round,
+All cells (route × input) of one model are timed in one loop that calls each cell once per round,
 in the same order every round: drift of the machine (other processes, thermal state) then hits
 every route alike instead of whichever happened to run during a busy minute.
 
-A visit is a pause, one untimed call, then ``block`` timed calls back to back. Runtimes leave threads
-busy after a call: onnxruntime's intra-op workers spin at 100 % of a core for about 50 ms after each
-run (measured here: the next call of another runtime on this 2-core machine took up to twice as
-long). Alternating call by call, each route paid for the runtime before it (e.g. the onnxruntime
-route measured slower than the seed pipeline, which runs onnxruntime *and* a front-end). The pause
-lets those threads go idle; the untimed call wakes the visited runtime's own threads and caches, so
-the timed calls see it as a program that calls it back to back would.
+Each timed call comes after untimed calls of the same cell that last at least ``lead_in_s``.
+Runtimes can leave threads busy after a call: onnxruntime's intra-op workers spin at 100 % of a core
+for about 50 ms after each run (measured here; LiteRT's and TensorFlow's threads go idle at once).
+Timing the first call after another runtime's, as a plain round-robin does, made that call run on
+one free core of this 2-core machine and take up to twice as long (the onnxruntime route measured
+slower than the seed pipeline, which runs onnxruntime *and* a front-end). A sleep instead of the
+lead-in calls is no cure: the first LiteRT call after 0.1 s idle took about twice its steady time.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ import numpy as np
 Cell = tuple[str, str]  # (route, input)
 
 
-#: pause before each visit; onnxruntime's idle workers spin for about 50 ms after a run
-SETTLE_SECONDS = 0.1
-#: timed calls per visit
-BLOCK = 3
+#: untimed calls of a cell before each timed one last at least this long (onnxruntime's idle workers
+#: spin for about 50 ms after a run)
+LEAD_IN_SECONDS = 0.08
 
 
 def round_robin(
@@ -35,29 +34,27 @@ def round_robin(
     runs: int,
     warmup: int,
     progress: Callable[[str], None] | None = None,
-    block: int = BLOCK,
-    settle_s: float = SETTLE_SECONDS,
+    lead_in_s: float = LEAD_IN_SECONDS,
 ) -> dict[Cell, list[float]]:
-    """``warmup`` untimed calls per cell, then rounds that visit every cell in turn until each has
-    ``runs`` timed calls: per visit, ``settle_s`` of sleep, one untimed call, up to ``block`` timed
-    calls. Returns seconds per timed call, per cell."""
+    """``warmup`` untimed rounds, then ``runs`` timed rounds; in a timed round each cell makes
+    untimed calls for at least ``lead_in_s`` (one at least), then one timed call. Seconds per timed
+    call, per cell."""
     for _ in range(warmup):
         for call in calls.values():
             call()
     times: dict[Cell, list[float]] = {cell: [] for cell in calls}
-    rounds = -(-runs // block)
-    report_every = max(1, rounds // 10)
-    for r in range(rounds):
+    report_every = max(1, runs // 10)
+    for r in range(runs):
         for cell, call in calls.items():
-            if settle_s:
-                time.sleep(settle_s)
+            lead_in_start = time.perf_counter()
             call()
-            for _ in range(min(block, runs - len(times[cell]))):
-                start = time.perf_counter()
+            while time.perf_counter() - lead_in_start < lead_in_s:
                 call()
-                times[cell].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            call()
+            times[cell].append(time.perf_counter() - start)
         if progress and (r + 1) % report_every == 0:
-            progress(f"round {r + 1}/{rounds}")
+            progress(f"round {r + 1}/{runs}")
     return times
 
 
