@@ -253,6 +253,26 @@ def test_16_bit_pcm_decodes_to_libsndfiles_float_values(
     assert expected.min() == -1.0
 
 
+@pytest.mark.parametrize(("subtype", "channels"), [("PCM_16", 1), ("PCM_16", 2), ("PCM_24", 1), ("FLOAT", 1)])
+def test_read_into_writes_what_slicing_returns(
+    tmp_path: Path, short_stream_threshold: float, subtype: str, channels: int
+) -> None:
+    """Windows decoded into caller buffers (mono 16-bit through the reused int16 buffer, the rest
+    through slicing) hold the slice's values; the count says where the file ended."""
+    x = np.random.default_rng(3).uniform(-0.9, 0.9, (3 * SAMPLE_RATE + 77, channels)).astype(np.float32)
+    path = tmp_path / "long.wav"
+    sf.write(path, x, SAMPLE_RATE, subtype=subtype)
+    with open_audio(path, stream=True) as signal:
+        assert isinstance(signal, AudioFileSignal)
+        n = len(signal)
+        for start, size in [(0, SAMPLE_RATE), (SAMPLE_RATE + 3, 2 * SAMPLE_RATE), (n - 500, SAMPLE_RATE), (n, 10), (5, 100)]:
+            out = np.full(size, 7.0, np.float32)
+            filled = signal.read_into(start, out)
+            assert filled == min(size, n - start)
+            np.testing.assert_array_equal(out[:filled], signal[start : start + size])
+            assert (out[filled:] == 7.0).all()  # nothing written past the end of the file
+
+
 def test_open_audio_loads_whole_when_streaming_cannot_help(tmp_path: Path, short_stream_threshold: float) -> None:
     """Resampled files (soxr's one-shot result is the reference), short files, or stream=False."""
     long_44k = tmp_path / "long_44k.wav"
@@ -302,5 +322,7 @@ def test_windowed_tagging_of_a_streamed_file_equals_the_loaded_one(
     loaded = tag_with(scores, names, SAMPLE_RATE, load_audio(path), 3, 1.5, 1.0, batch_size=3, fixed_window=fixed_window)
     assert [(r.start, r.end) for r in streamed] == [(r.start, r.end) for r in loaded]
     assert len(streamed) == 4  # starts 0, 1, 2, 3 s; the last window runs past the end
+    # the batch buffer is reused: the padded tail of the last window is zeros, not the old samples
+    assert streamed[-1].scores[2] == 0.0 and loaded[-1].scores[2] == 0.0
     for a, b in zip(streamed, loaded):
         np.testing.assert_array_equal(a.scores, b.scores)

@@ -169,6 +169,7 @@ class AudioFileSignal:
         self._file = sound_file
         self._path = path
         self._frames = int(sound_file.frames)
+        self._pcm16 = np.empty(0, np.int16)  # read_into's decode buffer, reused window after window
 
     def __len__(self) -> int:
         return self._frames
@@ -188,6 +189,26 @@ class AudioFileSignal:
         except _DECODE_ERRORS as exc:
             raise _decode_error(self._path, exc) from exc
         return _finite_mono(data, self._path)
+
+    def read_into(self, start: int, out: np.ndarray) -> int:
+        """Decode the frames from ``start`` into the 1-D float32 ``out``, as many as it holds or as
+        the file has left; returns how many were written. The values of ``self[start:start + n]``
+        without a fresh array per call: mono 16-bit PCM, the common long recording, decodes into a
+        reused int16 buffer and is scaled straight into ``out`` (fresh arrays cost page faults).
+        Integers need no NaN check; other files go through slicing, checks included."""
+        count = max(min(len(out), self._frames - start), 0)
+        if self._file.subtype != "PCM_16" or self._file.channels != 1:
+            out[:count] = self[start : start + count]
+            return count
+        if len(self._pcm16) < count:
+            self._pcm16 = np.empty(count, np.int16)
+        try:
+            self._file.seek(start)
+            raw = self._file.read(out=self._pcm16[:count])
+        except _DECODE_ERRORS as exc:
+            raise _decode_error(self._path, exc) from exc
+        np.multiply(raw, PCM16_SCALE, out=out[: len(raw)], dtype=np.float32)
+        return len(raw)
 
 
 @contextlib.contextmanager

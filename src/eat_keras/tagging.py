@@ -54,12 +54,21 @@ def window_starts(num_samples: int, window: int, hop: int) -> list[int]:
 
 
 def _batches(waveform: np.ndarray, starts: list[int], window: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Batches of windows, the last window zero-padded. One buffer serves every batch (each is
+    consumed before the next is read): no fresh pages per batch. A streamed file decodes straight
+    into it (:meth:`~eat_keras.audio.AudioFileSignal.read_into`)."""
+    buffer = np.empty((min(batch_size, len(starts)), window), np.float32)
+    read_into = getattr(waveform, "read_into", None)
     for i in range(0, len(starts), batch_size):
-        chunk = starts[i : i + batch_size]
-        batch = np.zeros((len(chunk), window), np.float32)
-        for row, start in enumerate(chunk):
-            piece = waveform[start : start + window]
-            batch[row, : len(piece)] = piece
+        batch = buffer[: len(starts[i : i + batch_size])]
+        for row, start in zip(batch, starts[i : i + batch_size]):
+            if read_into is not None:
+                filled = read_into(start, row)
+            else:
+                piece = waveform[start : start + window]
+                filled = len(piece)
+                row[:filled] = piece
+            row[filled:] = 0.0
         yield batch
 
 
@@ -104,7 +113,8 @@ def tag_with(
     """:func:`tag_waveform` for any scoring function (a Keras model, SavedModel or TFLite file).
 
     ``fixed_window``: the function takes exactly ``window_s`` seconds (a TFLite file), so a clip
-    shorter than one window is zero-padded instead of tagged at its own length.
+    shorter than one window is zero-padded instead of tagged at its own length. The batch array
+    ``scores_fn`` gets is refilled for the next call: copy it to keep it.
     """
     sr = sample_rate
     if window_s is None:
