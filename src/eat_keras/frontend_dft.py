@@ -178,7 +178,10 @@ def factored_log_mel(waveform: tf.Tensor, config: FrontendConfig, plan: Factored
     real, imag = spectrum[:, :q], spectrum[:, q:]
     power = tf.reshape(real * real + imag * imag, [-1, half, q])
     power = tf.reshape(tf.transpose(power, [0, 2, 1]), [-1, q * half])  # [B * frames, (k2, k1)]
-    mel = tf.concat([tf.matmul(power[:, start:stop], weights) for start, stop, weights in plan.mel_groups], axis=1)
+    # the log offset as each matmul's bias: LiteRT folds it into the FULLY_CONNECTED, no separate add
+    mel = tf.concat(
+        [tf.matmul(power[:, start:stop], weights) + LOG_OFFSET for start, stop, weights in plan.mel_groups], axis=1
+    )
     mel = tf.reshape(mel, [-1, frames, config.n_mels])
-    log_mel = tf.math.log(tf.transpose(mel, [0, 2, 1]) + LOG_OFFSET)
-    return normalize(log_mel)[..., tf.newaxis]
+    # expand_dims, not [..., None]: the latter adds a no-op STRIDED_SLICE to TFLite graphs
+    return tf.expand_dims(normalize(tf.math.log(tf.transpose(mel, [0, 2, 1]))), -1)

@@ -85,7 +85,7 @@ class ExportedTagger(tf.Module):
         return {"log_mel": self._tagger.frontend(waveform, training=False)[..., 0]}
 
     def _from_log_mel(self, log_mel: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._outputs(self._tagger.net(log_mel[..., tf.newaxis], training=False))
+        return self._outputs(self._tagger.net(tf.expand_dims(log_mel, -1), training=False))
 
     def _frame_scores(self, waveform: tf.Tensor) -> dict[str, tf.Tensor]:
         out = self._tagger.net(self._tagger.frontend(waveform, training=False), training=False)

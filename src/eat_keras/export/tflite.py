@@ -130,7 +130,7 @@ class _ConversionModule(tf.Module):
 
         @tf.function(input_signature=[tf.TensorSpec([1, n_mels, frames], tf.float32, name="log_mel")])
         def serve(log_mel: tf.Tensor) -> dict[str, tf.Tensor]:
-            return self._outputs(log_mel[..., tf.newaxis], outputs)
+            return self._outputs(tf.expand_dims(log_mel, -1), outputs)
 
         return serve.get_concrete_function()
 

@@ -31,7 +31,8 @@ class SqueezeExcitation(tf_keras.layers.Layer):
     def call(self, x: tf.Tensor) -> tf.Tensor:
         s = tf.reduce_mean(x, axis=[1, 2])
         s = tf.math.sigmoid(self.fc2(tf.nn.relu(self.fc1(s))))
-        return x * s[:, tf.newaxis, tf.newaxis, :]
+        # a reshape, not s[:, None, None, :]: TFLite keeps that as a RESHAPE plus a no-op STRIDED_SLICE
+        return x * tf.reshape(s, [-1, 1, 1, self.channels])
 
     def get_config(self) -> dict[str, Any]:
         return {
