@@ -60,8 +60,9 @@ def _batches(waveform: np.ndarray, starts: list[int], window: int, batch_size: i
     buffer = np.empty((min(batch_size, len(starts)), window), np.float32)
     read_into = getattr(waveform, "read_into", None)
     for i in range(0, len(starts), batch_size):
-        batch = buffer[: len(starts[i : i + batch_size])]
-        for row, start in zip(batch, starts[i : i + batch_size]):
+        chunk = starts[i : i + batch_size]
+        batch = buffer[: len(chunk)]
+        for row, start in zip(batch, chunk):
             if read_into is not None:
                 filled = read_into(start, row)
             else:
