@@ -137,9 +137,13 @@ def _read_float32(sound_file: sf.SoundFile, frames: int) -> np.ndarray:
     common case, is read as int16 and scaled here: every product is exact, so the values are the same
     bits, in about a quarter of the time (~0.3 instead of ~1.2 ms per 10 s at 32 kHz)."""
     if sound_file.subtype == "PCM_16":
-        raw = sound_file.read(frames, dtype="int16", always_2d=True)
-        return np.multiply(raw, PCM16_SCALE, dtype=np.float32)
+        return _scale_pcm16(sound_file.read(frames, dtype="int16", always_2d=True))
     return sound_file.read(frames, dtype="float32", always_2d=True)
+
+
+def _scale_pcm16(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """int16 samples → libsndfile's float32 values (into ``out`` when given)."""
+    return np.multiply(raw, PCM16_SCALE, out=out, dtype=np.float32)
 
 
 def _finite_mono(data: np.ndarray, p: Path) -> np.ndarray:
@@ -207,7 +211,7 @@ class AudioFileSignal:
             raw = self._file.read(out=self._pcm16[:count])
         except _DECODE_ERRORS as exc:
             raise _decode_error(self._path, exc) from exc
-        np.multiply(raw, PCM16_SCALE, out=out[: len(raw)], dtype=np.float32)
+        _scale_pcm16(raw, out[: len(raw)])
         return len(raw)
 
 
