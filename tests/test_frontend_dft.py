@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from eat_keras.frontend import FrontendConfig, log_mel_spectrogram
-from eat_keras.frontend_dft import factored_log_mel, make_plan, radix_for
+from eat_keras import frontend_dft
+from eat_keras.frontend_dft import factored_log_mel, frame_pieces, make_plan, radix_for
 
 CLIPS = ("metro_station-paris", "music", "speech", "typing")
 
@@ -39,6 +40,30 @@ def test_agrees_with_the_fft_path_for_other_configurations(config, num_samples):
     want = log_mel_spectrogram(wave, config).numpy()
     assert got.shape == want.shape == (2, config.n_mels, config.num_frames(num_samples), 1)
     np.testing.assert_allclose(got, want, atol=5e-5)
+
+
+def test_pieces_cover_the_frames_in_order():
+    assert frame_pieces(200) == [(0, 200)]
+    assert frame_pieces(1000) == [(0, 250), (250, 500), (500, 750), (750, 1000)]
+    for frames in (1, 7, 374, 375, 1001, 3001):
+        pieces = frame_pieces(frames)
+        assert pieces[0][0] == 0 and pieces[-1][1] == frames
+        assert all(first < last for first, last in pieces)
+        assert all(last == next_first for (_, last), (next_first, _) in zip(pieces, pieces[1:]))
+
+
+@pytest.mark.parametrize("num_samples", [32000, 17000])
+def test_pieces_join_without_seams(monkeypatch, num_samples):
+    """Many small pieces of unequal length (7 or 8 frames) give the FFT path's log-mel: no seam at their joins."""
+    monkeypatch.setattr(frontend_dft, "FRAMES_PER_PIECE", 7)
+    config = FrontendConfig()
+    rng = np.random.default_rng(7)
+    t = np.arange(num_samples) / 32000.0
+    wave = tf.constant(0.1 * rng.standard_normal((2, num_samples)) + 0.3 * np.sin(2 * np.pi * 440.0 * t), tf.float32)
+    assert len(frame_pieces(config.num_frames(num_samples))) > 5
+    np.testing.assert_allclose(
+        factored_log_mel(wave, config).numpy(), log_mel_spectrogram(wave, config).numpy(), atol=5e-5
+    )
 
 
 def test_every_bin_up_to_nyquist_has_exactly_one_mel_row():
