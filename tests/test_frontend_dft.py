@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from eat_keras.frontend import FrontendConfig, log_mel_spectrogram
 from eat_keras import frontend_dft
+from eat_keras.frontend import FrontendConfig, log_mel_spectrogram
 from eat_keras.frontend_dft import factored_log_mel, frame_pieces, make_plan, radix_for
 
 CLIPS = ("metro_station-paris", "music", "speech", "typing")
