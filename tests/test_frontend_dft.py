@@ -24,6 +24,14 @@ def test_matches_golden_upstream_log_mel(golden_dir, seconds):
         assert np.abs(got[i] - want).max() <= 5e-5, clip
 
 
+def _noise_and_tone(num_samples: int, seed: int) -> tf.Tensor:
+    """Two channels at a speech-like level: white noise at -20 dBFS plus a 440 Hz tone, so no band
+    sits at the log floor."""
+    t = np.arange(num_samples) / 32000.0
+    wave = 0.1 * np.random.default_rng(seed).standard_normal((2, num_samples)) + 0.3 * np.sin(2 * np.pi * 440.0 * t)
+    return tf.constant(wave, tf.float32)
+
+
 @pytest.mark.parametrize(
     "config",
     [FrontendConfig(hop_length=480), FrontendConfig(n_mels=64), FrontendConfig(win_length=1024), FrontendConfig(fmax=8000.0)],
@@ -31,11 +39,7 @@ def test_matches_golden_upstream_log_mel(golden_dir, seconds):
 )
 @pytest.mark.parametrize("num_samples", [32000, 40001, 17000])
 def test_agrees_with_the_fft_path_for_other_configurations(config, num_samples):
-    rng = np.random.default_rng(num_samples)
-    # speech-like level: white noise at -20 dBFS plus a tone, so no band sits at the log floor
-    t = np.arange(num_samples) / 32000.0
-    wave = 0.1 * rng.standard_normal((2, num_samples)) + 0.3 * np.sin(2 * np.pi * 440.0 * t)
-    wave = tf.constant(wave, tf.float32)
+    wave = _noise_and_tone(num_samples, seed=num_samples)
     got = factored_log_mel(wave, config).numpy()
     want = log_mel_spectrogram(wave, config).numpy()
     assert got.shape == want.shape == (2, config.n_mels, config.num_frames(num_samples), 1)
@@ -57,9 +61,7 @@ def test_pieces_join_without_seams(monkeypatch, num_samples):
     """Many small pieces of unequal length (7 or 8 frames) give the FFT path's log-mel: no seam at their joins."""
     monkeypatch.setattr(frontend_dft, "FRAMES_PER_PIECE", 7)
     config = FrontendConfig()
-    rng = np.random.default_rng(7)
-    t = np.arange(num_samples) / 32000.0
-    wave = tf.constant(0.1 * rng.standard_normal((2, num_samples)) + 0.3 * np.sin(2 * np.pi * 440.0 * t), tf.float32)
+    wave = _noise_and_tone(num_samples, seed=7)
     assert len(frame_pieces(config.num_frames(num_samples))) > 5
     np.testing.assert_allclose(
         factored_log_mel(wave, config).numpy(), log_mel_spectrogram(wave, config).numpy(), atol=5e-5
