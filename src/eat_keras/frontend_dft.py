@@ -160,15 +160,25 @@ def _reflect_pad(x: tf.Tensor, pad: int) -> tf.Tensor:
 def factored_log_mel(waveform: tf.Tensor, config: FrontendConfig, plan: FactoredDFTPlan | None = None) -> tf.Tensor:
     """Waveform ``[B, N]`` (static N) → normalised log-mel ``[B, n_mels, frames, 1]``, eval mode."""
     plan = plan or make_plan(config)
+    signal = hop_rows(waveform, config, plan)
+    frames = config.num_frames(waveform.shape[1])
+    pieces = [mel_piece(signal, plan, config, first, last) for first, last in frame_pieces(frames)]
+    mel = tf.concat(pieces, axis=1) if len(pieces) > 1 else pieces[0]  # [B, frames, n_mels]
+    # expand_dims, not [..., None]: the latter adds a no-op STRIDED_SLICE to TFLite graphs
+    return tf.expand_dims(normalize(tf.math.log(tf.transpose(mel, [0, 2, 1]))), -1)
+
+
+def hop_rows(waveform: tf.Tensor, config: FrontendConfig, plan: FactoredDFTPlan) -> tf.Tensor:
+    """Pre-emphasis and reflect padding, cut into rows of one hop from the first non-zero tap on, the
+    samples of each row grouped by residue ``b``: ``[B, N]`` → ``[B, frames - 1 + chunks, 1, hop]``."""
     num_samples = waveform.shape[1]
     if num_samples is None:
         raise ValueError("the factored front-end needs a static number of samples")
     q, hop = plan.radix, config.hop_length
     emphasised = waveform[:, 1:] - PREEMPHASIS * waveform[:, :-1]
-    frames = config.num_frames(num_samples)
     padded = _reflect_pad(emphasised, config.n_fft // 2)
-    # rows of one hop each, starting at the first non-zero tap; zeros past the end meet zero weights
-    rows = frames - 1 + plan.chunks
+    # zeros past the end meet zero weights
+    rows = config.num_frames(num_samples) - 1 + plan.chunks
     start = q * plan.first_tap
     shortfall = start + rows * hop - padded.shape[1]
     if shortfall > 0:
@@ -176,11 +186,7 @@ def factored_log_mel(waveform: tf.Tensor, config: FrontendConfig, plan: Factored
     signal = padded[:, start : start + rows * hop]
     # [B, rows, hop/Q, Q] -> channels grouped by residue b: [B, rows, 1, Q * hop/Q]
     signal = tf.reshape(signal, [-1, rows, hop // q, q])
-    signal = tf.reshape(tf.transpose(signal, [0, 1, 3, 2]), [-1, rows, 1, hop])
-    pieces = [_mel_piece(signal, plan, config, first, last) for first, last in frame_pieces(frames)]
-    mel = tf.concat(pieces, axis=1) if len(pieces) > 1 else pieces[0]  # [B, frames, n_mels]
-    # expand_dims, not [..., None]: the latter adds a no-op STRIDED_SLICE to TFLite graphs
-    return tf.expand_dims(normalize(tf.math.log(tf.transpose(mel, [0, 2, 1]))), -1)
+    return tf.reshape(tf.transpose(signal, [0, 1, 3, 2]), [-1, rows, 1, hop])
 
 
 def frame_pieces(frames: int) -> list[tuple[int, int]]:
@@ -190,8 +196,9 @@ def frame_pieces(frames: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _mel_piece(signal: tf.Tensor, plan: FactoredDFTPlan, config: FrontendConfig, first: int, last: int) -> tf.Tensor:
-    """Frames ``[first, last)``: hop rows ``[B, rows, 1, hop]`` → mel power plus log offset ``[B, frames, n_mels]``."""
+def stage1(signal: tf.Tensor, plan: FactoredDFTPlan, first: int, last: int) -> tf.Tensor:
+    """Frames ``[first, last)`` of the hop rows → windowed length-P DFTs per residue, laid out as
+    rows ``(frame, k1)`` of ``[re_b | im_b]``: ``[B * frames * half, 2Q]``."""
     q, half, frames = plan.radix, plan.half_bins, last - first
     rows = last - 1 + plan.chunks - first
     if rows < signal.shape[1]:  # no full-range slice: TFLite would keep it as a copy
@@ -199,12 +206,31 @@ def _mel_piece(signal: tf.Tensor, plan: FactoredDFTPlan, config: FrontendConfig,
     z = tf.nn.conv2d(signal, plan.stage1, strides=1, padding="VALID")
     # [B, frames, Q, half, 2] -> rows (frame, k1) with [re_b | im_b]
     z = tf.transpose(tf.reshape(z, [-1, frames, q, half, 2]), [0, 1, 3, 4, 2])
-    spectrum = tf.matmul(tf.reshape(z, [-1, 2 * q]), plan.stage2)  # [B * frames * half, 2Q]
+    return tf.reshape(z, [-1, 2 * q])
+
+
+def stage2(z: tf.Tensor, plan: FactoredDFTPlan) -> tf.Tensor:
+    """The length-Q DFT over residues: ``[rows, 2Q]`` → ``[rows, re_k2 | im_k2]``."""
+    return tf.matmul(z, plan.stage2)
+
+
+def power_spectrum(spectrum: tf.Tensor, plan: FactoredDFTPlan) -> tf.Tensor:
+    """``|X|^2`` laid out per frame as ``(k2, k1)``: ``[B * frames * half, 2Q]`` → ``[B * frames, Q * half]``."""
+    q, half = plan.radix, plan.half_bins
     real, imag = spectrum[:, :q], spectrum[:, q:]
     power = tf.reshape(real * real + imag * imag, [-1, half, q])
-    power = tf.reshape(tf.transpose(power, [0, 2, 1]), [-1, q * half])  # [B * frames, (k2, k1)]
+    return tf.reshape(tf.transpose(power, [0, 2, 1]), [-1, q * half])
+
+
+def mel_projection(power: tf.Tensor, plan: FactoredDFTPlan) -> tf.Tensor:
+    """Banded mel matmuls plus the log offset: ``[B * frames, Q * half]`` → ``[B * frames, n_mels]``."""
     # the log offset as each matmul's bias: LiteRT folds it into the FULLY_CONNECTED, no separate add
-    mel = tf.concat(
+    return tf.concat(
         [tf.matmul(power[:, start:stop], weights) + LOG_OFFSET for start, stop, weights in plan.mel_groups], axis=1
     )
-    return tf.reshape(mel, [-1, frames, config.n_mels])
+
+
+def mel_piece(signal: tf.Tensor, plan: FactoredDFTPlan, config: FrontendConfig, first: int, last: int) -> tf.Tensor:
+    """Frames ``[first, last)``: hop rows ``[B, rows, 1, hop]`` → mel power + log offset ``[B, frames, n_mels]``."""
+    power = power_spectrum(stage2(stage1(signal, plan, first, last), plan), plan)
+    return tf.reshape(mel_projection(power, plan), [-1, last - first, config.n_mels])
