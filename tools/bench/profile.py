@@ -46,17 +46,14 @@ _MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL")
 
 def count_macs(model: bytes) -> int:
     """Multiply-accumulates of the convolutions and matmuls of a ``.tflite`` with static shapes."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
+    from eat_keras.export.tflite import operator_code_name, read_model
 
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    obj = read_model(model)
     total = 0
     for subgraph in obj.subgraphs:
         shapes = [list(t.shape) if t.shape is not None else [] for t in subgraph.tensors]
         for op in subgraph.operators:
-            code = obj.operatorCodes[op.opcodeIndex]
-            name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+            name = operator_code_name(obj.operatorCodes[op.opcodeIndex])
             if name not in _MAC_OPS:
                 continue
             outputs = int(np.prod(shapes[op.outputs[0]]))

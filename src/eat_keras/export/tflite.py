@@ -36,6 +36,7 @@ see :mod:`eat_keras.export.metadata`. Files are written to a staging folder and 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 import tempfile
@@ -139,7 +140,8 @@ class _ConversionModule(tf.Module):
 # flatbuffer inspection and fix-ups
 
 
-def _read_model(model: bytes) -> Any:
+def read_model(model: bytes) -> Any:
+    """A ``.tflite``'s flatbuffer as a mutable ``ModelT`` object tree."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     return flatbuffer_utils.read_model_from_bytearray(bytearray(model))
@@ -155,26 +157,31 @@ def _model_bytes(model: bytes | str | Path) -> bytes:
     return model if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
 
 
-def operator_names(model: bytes | str | Path) -> list[str]:
-    """Sorted distinct operators of a ``.tflite`` (file or bytes), read from the flatbuffer.
-
-    Builtins by their schema name (``CONV_2D``); custom ops, Flex ops included, as ``CUSTOM:<code>``.
-    """
+def operator_code_name(code: Any) -> str:
+    """An ``OperatorCodeT``'s name: builtins by their schema name (``CONV_2D``); custom ops, Flex ops
+    included, as ``CUSTOM:<code>``."""
     from tensorflow.lite.python import schema_py_generated as schema
 
-    names_by_code = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    obj = _read_model(_model_bytes(model))
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        custom = code.customCode.decode() if isinstance(code.customCode, bytes) else str(code.customCode)
+        return f"CUSTOM:{custom}"
+    return _builtin_operator_names().get(builtin, f"UNKNOWN_{builtin}")
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_operator_names() -> dict[int, str]:
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def operator_names(model: bytes | str | Path) -> list[str]:
+    """Sorted distinct operators of a ``.tflite`` (file or bytes), read from the flatbuffer, named
+    as :func:`operator_code_name` names them."""
+    obj = read_model(_model_bytes(model))
     used = {op.opcodeIndex for subgraph in obj.subgraphs for op in subgraph.operators}
-    names = set()
-    for index in used:
-        code = obj.operatorCodes[index]
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        if builtin == schema.BuiltinOperator.CUSTOM:
-            custom = code.customCode.decode() if isinstance(code.customCode, bytes) else str(code.customCode)
-            names.add(f"CUSTOM:{custom}")
-        else:
-            names.add(names_by_code.get(builtin, f"UNKNOWN_{builtin}"))
-    return sorted(names)
+    return sorted({operator_code_name(obj.operatorCodes[index]) for index in used})
 
 
 def check_builtin_only(model: bytes | str | Path) -> list[str]:
@@ -199,7 +206,7 @@ def _in_frontend(tensor_name: bytes | str) -> bool:
 
 def frontend_tensor_names(model: bytes) -> list[str]:
     """Names of the tensors that the front-end ops produce (the converter keeps the name scope)."""
-    obj = _read_model(model)
+    obj = read_model(model)
     subgraph = obj.subgraphs[0]
     names = []
     for op in subgraph.operators:
@@ -217,7 +224,7 @@ def check_frontend_float(model: bytes) -> int:
     from tensorflow.lite.python import schema_py_generated as schema
 
     type_names = _tensor_type_names()
-    obj = _read_model(model)
+    obj = read_model(model)
     subgraph = obj.subgraphs[0]
     count = 0
     for op in subgraph.operators:
@@ -237,7 +244,7 @@ def check_frontend_float(model: bytes) -> int:
 def _finalize_io(model: bytes, input_name: str, outputs: Sequence[str]) -> bytes:
     """Put the output tensors in the requested order (``scores`` first: MediaPipe reads output 0
     as the main head) and give the I/O tensors plain names (``waveform``, ``scores``, ...)."""
-    obj = _read_model(model)
+    obj = read_model(model)
     subgraph = obj.subgraphs[0]
     signature = obj.signatureDefs[0]
 
