@@ -95,7 +95,9 @@ def test_metadata_and_extra_signatures(loaded, mn04, golden_waveforms):
     assert log_mel.shape == (1, 128, 200)
     from_mel = loaded.signatures["from_log_mel"](log_mel=log_mel)
     direct = loaded.signatures["serving_default"](waveform=wav)
-    np.testing.assert_allclose(from_mel["logits"], direct["logits"], atol=1e-6)
+    # TOL, not bit-equality: in serving_default grappler folds the front-end's final scale into the
+    # stem's constant filter (arithmetic optimizer), which moves float32 round-off (7.6e-6 seen)
+    np.testing.assert_allclose(from_mel["logits"], direct["logits"], atol=TOL)
     frames = loaded.signatures["frame_scores"](waveform=wav)
     assert frames["frame_scores"].shape == (1, 7, 527)
     np.testing.assert_allclose(frames["frame_start"], np.arange(7) * 0.32, atol=1e-6)
@@ -111,6 +113,26 @@ def test_only_core_tf_ops(exported):
     ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
     assert not ops & {"PyFunc", "EagerPyFunc", "PyFuncStateless"}
     assert "RFFT" in ops and "Conv2D" in ops
+
+
+def test_weights_are_graph_constants_stored_once(exported, loaded, mn04):
+    """TF's oneDNN kernels pick their fast blocked convolutions only for constant weights (see
+    ``export.saved_model.frozen``): no signature may read a weight from a variable, and the one
+    frozen network is shared by the three signatures that run it, not copied into each."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    for name, signature in loaded.signatures.items():
+        graph = signature.graph.as_graph_def()
+        ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+        assert "Const" in ops and not ops & {"ReadVariableOp", "VarHandleOp"}, name
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((exported / "saved_model.pb").read_bytes())
+    functions = proto.meta_graphs[0].graph_def.library.function
+    const_bytes = sum(len(n.attr["value"].tensor.tensor_content) for f in functions for n in f.node_def if n.op == "Const")
+    weight_bytes = sum(int(np.prod(w.shape)) * 4 for w in mn04.variables)
+    assert weight_bytes * 0.5 < const_bytes < weight_bytes * 1.1
+    # the variables folder keeps the metadata only
+    assert sum(p.stat().st_size for p in (exported / "variables").iterdir()) < 100_000
 
 
 _ISOLATED_LOAD = r"""
