@@ -94,21 +94,14 @@ class ExportedTagger(tf.Module):
         self.frame_scores = tf.function(self._frame_scores, input_signature=[waveform_spec])
         self.class_names = tf.function(self._class_names, input_signature=[])
 
-    def _outputs(self, net_out: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        return {
-            "scores": self._tagger.scores_from_logits(net_out["logits"]),
-            "logits": net_out["logits"],
-            "embedding": net_out["embedding"],
-        }
-
     def _serve(self, waveform: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._outputs(self._net(self._frontend(waveform)))
+        return self._tagger.clip_outputs(self._net(self._frontend(waveform)))
 
     def _log_mel(self, waveform: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"log_mel": self._frontend(waveform)[..., 0]}
 
     def _from_log_mel(self, log_mel: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._outputs(self._net(tf.expand_dims(log_mel, -1)))
+        return self._tagger.clip_outputs(self._net(tf.expand_dims(log_mel, -1)))
 
     def _frame_scores(self, waveform: tf.Tensor) -> dict[str, tf.Tensor]:
         out = self._net(self._frontend(waveform))

@@ -99,13 +99,7 @@ class _ConversionModule(tf.Module):
         self.model_variables = list(tagger.variables)
 
     def _outputs(self, mel: tf.Tensor, outputs: Sequence[str]) -> dict[str, tf.Tensor]:
-        tagger = self._tagger
-        net_out = tagger.net(mel, training=False)
-        everything = {
-            "scores": tagger.scores_from_logits(net_out["logits"]),
-            "logits": net_out["logits"],
-            "embedding": net_out["embedding"],
-        }
+        everything = self._tagger.clip_outputs(self._tagger.net(mel, training=False))
         return {k: everything[k] for k in outputs}
 
     def waveform_function(self, num_samples: int, outputs: Sequence[str], frontend: str = "factored_dft") -> Any:

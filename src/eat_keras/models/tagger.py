@@ -40,6 +40,11 @@ class AudioTagger(tf_keras.Model):
             return tf.nn.softmax(logits, axis=-1)
         return tf.math.sigmoid(logits)
 
+    def clip_outputs(self, net_outputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The clip-level outputs that exported artifacts serve, from the network's outputs."""
+        logits = net_outputs["logits"]
+        return {"scores": self.scores_from_logits(logits), "logits": logits, "embedding": net_outputs["embedding"]}
+
     def call(self, waveform: tf.Tensor, training: bool | None = None) -> dict[str, tf.Tensor]:
         outputs = dict(self.net(self.frontend(waveform, training=training), training=training))
         outputs["scores"] = self.scores_from_logits(outputs["logits"])
