@@ -12,11 +12,12 @@ import pytest
 import tensorflow as tf
 
 from conftest import CLIPS
-from eat_keras.export.saved_model import export_saved_model
+from eat_keras.export.saved_model import export_saved_model, frozen
 from eat_keras.loading import default_class_names
 from eat_keras.weights.loader import load_tagger_from_file
 
 TOL = 1e-5
+GOLDEN_TOL = 1e-4  # the parity maximum against upstream (tests/test_weight_import.py)
 
 
 WEIGHTS = {"mn04_as": "../weights/mn04_as_mAP_432.pt", "dymn04_synth": "dymn04_synth/state_dict.pt"}
@@ -67,19 +68,33 @@ def test_layout_for_tf_serving(exported):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seconds", [10, 2])
-def test_outputs_equal_keras(model, golden_waveforms, seconds):
-    """Every golden clip, batch 1 and batch 3, for MN and DyMN."""
-    _, tagger, _, loaded = model
+def test_outputs_equal_keras(model, golden_dir, golden_waveforms, seconds):
+    """Every golden clip, batch 1 and batch 3, for MN and DyMN: the SavedModel equals the Keras model
+    run as one graph with its weights as constants (to TOL), and is as close to upstream as the Keras
+    model must be (the golden parity maximum, top-10 identical).
+
+    The reference has constant weights because the SavedModel has: under oneDNN (TensorFlow's default
+    on CPUs with AVX512-VNNI) TF runs other convolution kernels for constant filters than for filters
+    read from variables. Their float32 round-off differs by up to 1.4e-5 on mn04's logits (relative
+    1e-6), as Keras eager and graph mode differ by up to 7.6e-6, and each is 1.0-1.6e-5 from upstream
+    (measured 2026-11-26; with oneDNN off the variable graph is within 1e-5 too)."""
+    name, tagger, _, loaded = model
     serve = loaded.signatures["serving_default"]
-    keras_fn = tagger.predict_function_for_waveforms()
+    keras_fn = frozen(lambda w: tagger(w, training=False), tf.TensorSpec([None, None], tf.float32))
     waves = [golden_waveforms[c][: seconds * 32000] for c in CLIPS]
-    batches = [w[np.newaxis] for w in waves] + [np.stack(waves[:3])]
-    for batch in batches:
+    suffix = "" if seconds == 10 else f"_{seconds}s"
+    upstream = [np.load(golden_dir / name / f"{c}{suffix}_logits.npy").reshape(-1) for c in CLIPS]
+    batches = [(w[np.newaxis], [i]) for i, w in enumerate(waves)] + [(np.stack(waves[:3]), [0, 1, 2])]
+    for batch, clips in batches:
         got = serve(waveform=tf.constant(batch))
-        want = keras_fn(batch)
+        want = keras_fn(tf.constant(batch))
         assert set(got) == {"scores", "logits", "embedding"}
         for key in got:
             assert np.abs(got[key].numpy() - want[key].numpy()).max() <= TOL, key
+        for row, clip in enumerate(clips):
+            logits = got["logits"].numpy()[row]
+            assert np.abs(logits - upstream[clip]).max() <= GOLDEN_TOL, CLIPS[clip]
+            assert list(np.argsort(-logits)[:10]) == list(np.argsort(-upstream[clip])[:10]), CLIPS[clip]
 
 
 def test_metadata_and_extra_signatures(loaded, mn04, golden_waveforms):
