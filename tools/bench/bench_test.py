@@ -115,7 +115,7 @@ def _fake_results() -> dict[str, Any]:
                   "steps": {}},
     }
     results = {
-        "machine": {"command": "python -m tools.bench", "date": "d", "git_commit": "c", "cpu": "cpu",
+        "machine": {"command": "python -m tools.bench", "date": "d", "git_commit": "c", "cpu": "cpu", "cpu_features": ["avx2", "avx512_vnni"],
                     "logical_cores": 2, "usable_cores": 2, "ram_gib": 8.0, "platform": "p", "python": "3",
                     "load_average_at_start": [0.1, 0.1, 0.1], "versions": {"tensorflow": "2"}},
         "settings": {"smoke": True, "runs": 3, "warmup": 1, "threads": 2, "probe_calls": 0,
@@ -151,5 +151,6 @@ def test_targets_and_report() -> None:
     assert find("real time", "mn10", "1 h recording")["passed"] is True
     results["targets"] = rows
     text = report.render(results)
+    assert "- machine: cpu (avx2 avx512_vnni), 2 logical cores" in text
     assert "Smoke run" in text and "| `b8_10s` | `seed` |" in text and "**pass**" in text
     assert np.isfinite(results["models"]["mn04"]["frontend_share"]["b1_2s"]["tflite_frontend_over_e2e"])

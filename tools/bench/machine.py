@@ -25,6 +25,23 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+#: the vector extensions that decide which kernels XNNPACK, oneDNN and onnxruntime run (and whether
+#: TensorFlow turns oneDNN on by default: AVX512-VNNI, AVX512-BF16 or AMX): two machines both named
+#: "AMD EPYC" here differed in exactly these
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def _cpu_features() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in CPU_FEATURES if f in flags]
+    except OSError:
+        pass
+    return []
+
+
 def _ram_gib() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -78,6 +95,7 @@ def describe(o2t_venv: Path, argv: list[str]) -> dict[str, Any]:
         "command": "python -m tools.bench " + shlex.join(argv),
         "git_commit": git_commit(),
         "cpu": _cpu_model(),
+        "cpu_features": _cpu_features(),
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "ram_gib": _ram_gib(),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.bench.catalog import ROUTE_DEFS
+from tools.bench.machine import CPU_FEATURES
 
 
 def _f(x: float | None, fmt: str = ".1f", suffix: str = "") -> str:
@@ -61,6 +62,11 @@ def _onednn(settings: dict[str, Any]) -> str:
     return f" and its oneDNN kernels {'on' if enabled else 'off'} ({how})"
 
 
+def _features(machine: dict[str, Any]) -> str:
+    features = machine.get("cpu_features")  # absent in runs before 2026-11-26
+    return f" ({' '.join(features) if features else 'none of ' + '/'.join(CPU_FEATURES)})" if features is not None else ""
+
+
 def _header(results: dict[str, Any]) -> list[str]:
     m, s = results["machine"], results["settings"]
     lines = ["# eat-keras benchmarks", ""]
@@ -70,7 +76,7 @@ def _header(results: dict[str, Any]) -> list[str]:
     lines += [
         "Produced by:", "", "```", m["command"], "```", "",
         f"- date: {m['date']}; commit {m['git_commit']}",
-        f"- machine: {m['cpu']}, {m['logical_cores']} logical cores ({m['usable_cores']} usable), "
+        f"- machine: {m['cpu']}{_features(m)}, {m['logical_cores']} logical cores ({m['usable_cores']} usable), "
         f"{_f(m['ram_gib'])} GiB RAM, {m['platform']}, Python {m['python']}; load average at start "
         + ", ".join(f"{x:.2f}" for x in m.get("load_average_at_start") or []),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
