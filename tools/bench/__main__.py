@@ -37,6 +37,7 @@ keeps every raw time; the markdown report has the tables and the issue's targets
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import gc
 import json
 import os
@@ -244,9 +245,24 @@ def write_outputs(results: dict[str, Any], args: argparse.Namespace) -> None:
         os.replace(tmp, path)
 
 
+#: routes that cannot run without a package of the ``bench`` extra
+ROUTE_PACKAGES = {"seed": "onnxruntime", "onnxruntime": "onnxruntime"}
+
+
+def check_packages(routes: list[str]) -> None:
+    """Refuse to start rather than publish a report whose anchors all read "not run"."""
+    missing = sorted(
+        (ROUTE_PACKAGES[r], r) for r in routes if r in ROUTE_PACKAGES and not importlib.util.find_spec(ROUTE_PACKAGES[r])
+    )
+    if missing:
+        needs = ", ".join(f"{route} needs {package}" for package, route in missing)
+        raise SystemExit(f"{needs}: pip install -e '.[dev,bench]', or leave the route out (--routes)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    check_packages(args.routes)
     if args.onednn != "default":  # read once, when TensorFlow starts: set before any import of it
         if "tensorflow" in sys.modules:
             raise SystemExit("--onednn must be chosen before TensorFlow is imported")

@@ -154,3 +154,12 @@ def test_targets_and_report() -> None:
     assert "- machine: cpu (avx2 avx512_vnni), 2 logical cores" in text
     assert "Smoke run" in text and "| `b8_10s` | `seed` |" in text and "**pass**" in text
     assert np.isfinite(results["models"]["mn04"]["frontend_share"]["b1_2s"]["tflite_frontend_over_e2e"])
+
+
+def test_missing_package_stops_the_run_before_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tools.bench import __main__ as bench_main
+
+    monkeypatch.setitem(bench_main.ROUTE_PACKAGES, "seed", "no_such_package_for_eat_keras")
+    with pytest.raises(SystemExit, match="seed needs no_such_package_for_eat_keras"):
+        bench_main.check_packages(["savedmodel", "seed"])
+    bench_main.check_packages(["savedmodel"])  # routes without extra packages start
