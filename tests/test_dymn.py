@@ -101,19 +101,20 @@ def _dynamic_conv_reference(layer: DynamicConv, x: np.ndarray, context: np.ndarr
     ],
 )
 @pytest.mark.parametrize("temperature", [1.0, 30.0])
-def test_dynamic_conv_equals_per_sample_kernel_conv(depthwise, kernel, stride, freq, time, temperature):
+@pytest.mark.parametrize("batch", [3, 1])  # a static batch of 1 aggregates the depthwise kernel first
+def test_dynamic_conv_equals_per_sample_kernel_conv(depthwise, kernel, stride, freq, time, temperature, batch):
     rng = np.random.default_rng(0)
     channels, context_dim = 6, 5
     filters = channels if depthwise else 4
     layer = DynamicConv(filters, kernel, strides=stride, depthwise=depthwise, temperature=temperature)
-    x = rng.standard_normal((3, freq, time, channels)).astype(np.float32)  # 3 different samples
-    context = rng.standard_normal((3, context_dim)).astype(np.float32) * 3.0
+    x = rng.standard_normal((batch, freq, time, channels)).astype(np.float32)  # different samples
+    context = rng.standard_normal((batch, context_dim)).astype(np.float32) * 3.0
     layer(x, context)
     _randomise(layer, rng)
     got = layer(x, context).numpy()
     want = _dynamic_conv_reference(layer, x, context)
     p = (kernel - 1) // 2
-    assert got.shape == (3, (freq + 2 * p - kernel) // stride + 1, (time + 2 * p - kernel) // stride + 1, filters)
+    assert got.shape == (batch, (freq + 2 * p - kernel) // stride + 1, (time + 2 * p - kernel) // stride + 1, filters)
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
 
 

@@ -13,6 +13,8 @@ result is obtained exactly, for any batch and length, with ops that TFLite has a
   ``depth_multiplier=K`` (TF orders its outputs ``c·K + k``) gives ``[B, F', T', C·K]``; viewed as
   ``[B, F'·T'·C, K]`` it is contracted with the attention ``[B, K, 1]`` by a batched matmul. K× the
   MACs of a static depthwise conv, yet the fastest builtin-only, any-batch variant measured.
+  Where the batch is fixed at 1 (the exported TFLite files), the kernel is aggregated first and one
+  depthwise conv runs with that runtime filter: LiteRT has it as a builtin, and it is far faster there.
 
 Measured alternatives (dymn04 layer shapes for a 10 s clip, all 15 blocks summed, ``tf.function``,
 TF 2.21 on a shared 2-core CPU; medians of 20 runs; ``tools/bench_dymn.py --formulations``; run-to-run
@@ -37,6 +39,7 @@ it cannot serve "any batch in one builtin-only graph".
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -126,13 +129,22 @@ class DynamicConv(tf_keras.layers.Layer):
         pad = (self.kernel_size - 1) // 2 * self.dilation
         if pad:
             x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-        y = tf.nn.depthwise_conv2d(
-            x,
-            self.kernel,
+        conv = functools.partial(
+            tf.nn.depthwise_conv2d,
             strides=[1, self.strides, self.strides, 1],
             padding="VALID",
             dilations=[self.dilation, self.dilation],
-        )  # [B, F', T', C·K], channel c·K + k
+        )
+        if x.shape[0] == 1:
+            # A batch fixed at 1 (the TFLite files' [1, N] input): aggregate the kernel first, one
+            # depthwise conv with a runtime filter. On LiteRT/XNNPACK 4-11x faster than the K-wide
+            # conv + batched matmul below (dymn layer shapes, 2026-11-26, /tmp script): that
+            # matmul's [F'T'C, K] x [K, 1] shape runs at a few GMAC/s.
+            k, channels = self.kernel_size, self.filters
+            flat = tf.reshape(self.kernel, [k * k * channels, self.num_kernels])
+            kernel = tf.reshape(tf.matmul(flat, attention, transpose_b=True), [k, k, channels, 1])
+            return conv(x, kernel)
+        y = conv(x, self.kernel)  # [B, F', T', C·K], channel c·K + k
         shape = tf.shape(y)
         batch = shape[0]
         y = tf.matmul(tf.reshape(y, [batch, -1, self.num_kernels]), tf.expand_dims(attention, -1))
