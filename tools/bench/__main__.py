@@ -37,8 +37,8 @@ keeps every raw time; the markdown report has the tables and the issue's targets
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import gc
+import importlib.util
 import json
 import os
 import subprocess

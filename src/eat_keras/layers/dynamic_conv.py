@@ -137,9 +137,9 @@ class DynamicConv(tf_keras.layers.Layer):
         )
         if x.shape[0] == 1:
             # A batch fixed at 1 (the TFLite files' [1, N] input): aggregate the kernel first, one
-            # depthwise conv with a runtime filter. On LiteRT/XNNPACK 4-11x faster than the K-wide
-            # conv + batched matmul below (dymn layer shapes, 2026-11-26, /tmp script): that
-            # matmul's [F'T'C, K] x [K, 1] shape runs at a few GMAC/s.
+            # depthwise conv with a runtime filter. On LiteRT/XNNPACK 4-11x faster on dymn layer
+            # shapes than the K-wide conv + batched matmul below, whose [F'T'C, K] x [K, 1] matmul
+            # runs at a few GMAC/s; dymn10's 10 s file went from 42.5 to 23.2 ms (README, Speed).
             k, channels = self.kernel_size, self.filters
             flat = tf.reshape(self.kernel, [k * k * channels, self.num_kernels])
             kernel = tf.reshape(tf.matmul(flat, attention, transpose_b=True), [k, k, channels, 1])
