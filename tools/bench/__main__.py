@@ -245,7 +245,7 @@ def write_outputs(results: dict[str, Any], args: argparse.Namespace) -> None:
         os.replace(tmp, path)
 
 
-#: routes that cannot run without a package of the ``bench`` extra
+#: routes that cannot run without a package of the ``dev`` extra
 ROUTE_PACKAGES = {"seed": "onnxruntime", "onnxruntime": "onnxruntime"}
 
 
@@ -256,7 +256,7 @@ def check_packages(routes: list[str]) -> None:
     )
     if missing:
         needs = ", ".join(f"{route} needs {package}" for package, route in missing)
-        raise SystemExit(f"{needs}: pip install -e '.[dev,bench]', or leave the route out (--routes)")
+        raise SystemExit(f"{needs}: pip install -e '.[dev]', or leave the route out (--routes)")
 
 
 def main(argv: list[str] | None = None) -> int:
