@@ -46,9 +46,8 @@ class AudioTagger(tf_keras.Model):
         return {"scores": self.scores_from_logits(logits), "logits": logits, "embedding": net_outputs["embedding"]}
 
     def call(self, waveform: tf.Tensor, training: bool | None = None) -> dict[str, tf.Tensor]:
-        outputs = dict(self.net(self.frontend(waveform, training=training), training=training))
-        outputs["scores"] = self.scores_from_logits(outputs["logits"])
-        return outputs
+        outputs = self.net(self.frontend(waveform, training=training), training=training)
+        return {**outputs, **self.clip_outputs(outputs)}
 
     def predict_function_for_waveforms(self) -> tf.types.experimental.PolymorphicFunction:
         """A graph function for inference on ``[batch, samples]``; traced once for every batch size
