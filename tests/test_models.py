@@ -92,6 +92,28 @@ def test_reset_classifier():
     np.testing.assert_array_equal(net.forward_features(tf.zeros([1, 128, 100, 1])), before)
 
 
+@pytest.mark.parametrize("kernel, stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
+@pytest.mark.parametrize("depthwise", [True, False])
+@pytest.mark.parametrize("height, width", [(8, 10), (7, 9), (6, 13)])
+@pytest.mark.parametrize("batch", [1, 3, None])  # None: traced with an unknown batch, as the SavedModel
+def test_conv_bn_inference_equals_padded_conv_then_batchnorm(kernel, stride, depthwise, height, width, batch):
+    """The folded inference path (BN in the kernel, padding without a Pad op where it can) gives
+    what PyTorch's padding + conv + BN(eval) gives, for even and odd sizes."""
+    rng = np.random.default_rng(0)
+    layer = ConvBNAct(6, kernel, strides=stride, depthwise=depthwise, activation="hardswish")
+    x = rng.standard_normal((batch or 2, height, width, 6)).astype(np.float32)
+    layer(x)
+    for weight in layer.weights:
+        values = rng.standard_normal(weight.shape).astype(np.float32)
+        weight.assign(np.abs(values) + 0.5 if "variance" in weight.name else values)
+    want = layer._act(layer.bn(layer.conv(layer.pad(x)), training=False)).numpy()
+    folded = tf.function(lambda v: layer(v, training=False), input_signature=[tf.TensorSpec([batch, None, None, 6])])
+    got = folded(x).numpy()
+    p = (kernel - 1) // 2
+    assert got.shape == ((batch or 2), (height + 2 * p - kernel) // stride + 1, (width + 2 * p - kernel) // stride + 1, 6)
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "layer",
     [

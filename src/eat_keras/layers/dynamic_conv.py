@@ -46,6 +46,8 @@ from typing import Any
 import tensorflow as tf
 import tf_keras
 
+from eat_keras.layers.conv_bn import torch_padded_depthwise_conv
+
 DEFAULT_NUM_KERNELS = 4
 
 
@@ -126,15 +128,7 @@ class DynamicConv(tf_keras.layers.Layer):
         return tf.reshape(y, [batch, shape[1], shape[2], self.filters])
 
     def _depthwise(self, x: tf.Tensor, attention: tf.Tensor) -> tf.Tensor:
-        pad = (self.kernel_size - 1) // 2 * self.dilation
-        if pad:
-            x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-        conv = functools.partial(
-            tf.nn.depthwise_conv2d,
-            strides=[1, self.strides, self.strides, 1],
-            padding="VALID",
-            dilations=[self.dilation, self.dilation],
-        )
+        conv = functools.partial(torch_padded_depthwise_conv, strides=self.strides, dilation=self.dilation)
         if x.shape[0] == 1:
             # A batch fixed at 1 (the TFLite files' [1, N] input): aggregate the kernel first, one
             # depthwise conv with a runtime filter. On LiteRT/XNNPACK 4-11x faster on dymn layer
