@@ -29,6 +29,9 @@ def torch_padded_depthwise_conv(x: tf.Tensor, kernel: tf.Tensor, strides: int = 
     - otherwise, and where the batch is fixed at 1 (the exported TFLite files): ``tf.pad`` and
       ``"VALID"``. LiteRT/XNNPACK fuses that PAD into the conv, and runs 4x4 and 6x6 depthwise
       kernels slower than 3x3 and 5x5.
+
+    Never explicit paddings: with oneDNN on grappler fuses DepthwiseConv2dNative + BiasAdd, and the
+    fused kernel aborts the process on them (tensor_format.h "Invalid index from the dimension").
     """
     kernel_size = int(kernel.shape[0])
     pad = (kernel_size - 1) // 2 * dilation
@@ -118,9 +121,6 @@ class ConvBNAct(tf_keras.layers.Layer):
         strides = [1, self.strides, self.strides, 1]
         dilations = [self.dilation, self.dilation]
         if self.depthwise:
-            # Not explicit paddings: with oneDNN on grappler fuses DepthwiseConv2dNative + BiasAdd,
-            # and the fused kernel aborts the process on them (tensor_format.h "Invalid index from
-            # the dimension").
             kernel = self.conv.depthwise_kernel * scale[:, tf.newaxis]
             y = torch_padded_depthwise_conv(x, kernel, self.strides, self.dilation)
         else:
