@@ -305,6 +305,9 @@ def test_metadata(default, parity, mn04):
         assert out["associated_files"][0]["type"] == "TENSOR_AXIS_LABELS"
         assert md["associated_files"]["labels.txt"].decode().splitlines() == mn04.class_names
         assert md["name"] == "mn04_as" and quantization in md["description"]
+        # eat-keras' own settings entry survives MediaPipe's writer
+        settings = T.read_settings(artifact.path)
+        assert settings["label_type"] == "multi_label" and settings["config"] == mn04.config.to_dict()
         if input_kind == "waveform":
             assert inp["content"]["content_properties_type"] == "AudioProperties"
             assert inp["content"]["content_properties"] == {"sample_rate": 32000, "channels": 1}
@@ -370,6 +373,7 @@ def test_interrupted_export_leaves_nothing(mn04, tmp_path, monkeypatch):
         return b"not really a model"
 
     monkeypatch.setattr(T, "_convert", fake_convert)
+    monkeypatch.setattr(T, "_with_settings", lambda model, tagger: model)  # the fake bytes are no flatbuffer
     kwargs = dict(window_seconds=(1,), quantizations=("float32", "float16"), log_mel=False, metadata=False)
     with pytest.raises(RuntimeError, match="simulated"):
         T.export_tflite(mn04, tmp_path, "mn04_as", **kwargs)

@@ -148,3 +148,36 @@ def test_unknown_file_kind(tmp_path):
     path.write_text("hello")
     with pytest.raises(WeightFileError, match="unknown weight file type"):
         load_tagger_from_file(path)
+
+
+def test_sidecar_json_supplies_strides_and_frontend(tmp_path):
+    """README: what a .pt cannot tell comes from flags, else a config.json beside it, else the name."""
+    import json
+
+    from eat_keras.weights.architecture import resolve_config
+
+    weights = tmp_path / "finetuned_hop_15.pt"  # the name alone would say hop 480
+    (tmp_path / "config.json").write_text(
+        json.dumps({"strides": [2, 2, 1, 1], "frontend": {"hop_length": 640, "n_mels": 64}, "optimizer": "adam"})
+    )
+    config = resolve_config({"width_mult": 0.4}, weights, None)
+    assert (config.strides, config.frontend.hop_length, config.frontend.n_mels) == ((2, 2, 1, 1), 640, 64)
+    overridden = resolve_config({"width_mult": 0.4}, weights, {"frontend": {"hop_length": 320}})
+    assert (overridden.frontend.hop_length, overridden.frontend.n_mels) == (320, 64)
+    # another tool's config.json (no ModelConfig key) is not read
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 768}))
+    assert resolve_config({}, weights, None).frontend.hop_length == 480
+
+
+def test_invalid_sidecar_values_are_a_config_error(tmp_path):
+    import json
+
+    from eat_keras.errors import ConfigError, EatKerasError
+    from eat_keras.weights.architecture import resolve_config
+
+    (tmp_path / "config.json").write_text(json.dumps({"strides": [2, 2, 1]}))
+    with pytest.raises(ConfigError, match="strides"):
+        resolve_config({}, tmp_path / "w.pt", None)
+    (tmp_path / "config.json").write_text(json.dumps({"frontend": {"n_mels": 0}}))
+    with pytest.raises(EatKerasError, match="n_mels=0"):
+        resolve_config({}, tmp_path / "w.pt", None)

@@ -45,6 +45,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.n_mels is not None:
         frontend["n_mels"] = args.n_mels
     if frontend:
+        from eat_keras.frontend import FrontendConfig
+
+        FrontendConfig(**frontend)  # refuse e.g. --n-mels 0 before any weight file is fetched
         fields["frontend"] = frontend
     return fields
 
@@ -126,12 +129,14 @@ def _format_text(path: str, results: list, windowed: bool) -> str:
 
 def cmd_tag(args: argparse.Namespace) -> int:
     from eat_keras.audio import SAMPLE_RATE, open_audio
-    from eat_keras.tagging import prepare_waveform, tag_waveform, tag_with
+    from eat_keras.tagging import prepare_waveform, tag_waveform, tag_with, window_samples
 
     model = Path(args.model)
     is_tflite = model.suffix == ".tflite"
     if args.hop is not None and args.window is None and not is_tflite:  # a .tflite file fixes the window
         raise EatKerasError("--hop needs --window")
+    if args.top_k < 1:
+        raise EatKerasError(f"--top-k must be at least 1; got {args.top_k}")
     if is_tflite or (model / "saved_model.pb").is_file():
         # an exported artifact: the TFLite interpreter (XNNPACK) is the fastest way through long files
         from eat_keras.runners import load_runner
@@ -150,11 +155,13 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
         tagger = load_tagger(args.model, args.weights, None, args.labels)
         sr = tagger.config.frontend.sample_rate
-        window = args.window
+        window, fixed = args.window, None
 
         def tag_one(waveform: Any) -> list:
             return tag_waveform(tagger, waveform, args.top_k, args.window, args.hop)
 
+    if window is not None:  # refuse bad lengths once, not once per file
+        window_samples(window, args.hop, sr, fixed_window=fixed is not None)
     failures = 0
     documents = []
     for path in args.audio:
@@ -202,12 +209,17 @@ def _read_examples(data: str, folds: list[str] | None = None):
         with path.open(newline="") as f:
             header = next(csv.reader(f), [])
         if {"filename", "category", "fold"} <= set(header):
-            examples = train_data.read_esc50_manifest(path, path.parent / "audio")
+            # audio/ beside the CSV (the ESC-10 subset here), else ESC-50's own meta/ + audio/ layout
+            candidates = (path.parent / "audio", path.parent.parent / "audio")
+            audio_dir = next((d for d in candidates if d.is_dir()), candidates[0])
+            examples = train_data.read_esc50_manifest(path, audio_dir)
         else:
             examples = train_data.read_manifest(path)
     else:
         raise EatKerasError(f"{data}: expected a folder of class folders or a CSV manifest")
     if folds:
+        if all(e.fold is None for e in examples):
+            raise EatKerasError(f"{data}: --folds given, but the data has no fold column")
         examples = [e for e in examples if e.fold in set(folds)]
     if not examples:
         raise EatKerasError(f"{data}: no labelled audio files{' in folds ' + ','.join(folds) if folds else ''}")
@@ -263,19 +275,20 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _clip_samples(runners, model: str, clip_seconds: float | None) -> int:
+def _clip_samples(runners, clip_seconds: float | None) -> int:
     """Evaluation window: a fixed artifact input wins, then --clip-seconds, then the fine-tuned
-    model's training clip length, then 10 s (AudioSet clips)."""
-    from eat_keras.models.saving import is_model_dir, read_manifest
+    model's training clip length (recorded in model folders, SavedModels and TFLite files), then
+    10 s (AudioSet clips)."""
+    from eat_keras.audio import SAMPLE_RATE
 
     fixed = {r.window_samples for r in runners if r.window_samples}
     if len(fixed) > 1:
         raise EatKerasError(f"the artifacts have different fixed input lengths {sorted(fixed)}")
     if fixed:
         return fixed.pop()
-    if clip_seconds is None and is_model_dir(model):
-        clip_seconds = read_manifest(model).get("training", {}).get("clip_seconds")
-    return int((clip_seconds or 10.0) * 32000)
+    if clip_seconds is None:
+        clip_seconds = next((r.clip_seconds for r in runners if r.clip_seconds), None)
+    return int(round((clip_seconds or 10.0) * SAMPLE_RATE))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -285,7 +298,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     runner = load_runner(args.model, args.labels)
     examples = _read_examples(args.data, args.folds)
-    clip = _clip_samples([runner], args.model, args.clip_seconds)
+    clip = _clip_samples([runner], args.clip_seconds)
     report, _ = evaluate(runner.logits, examples, runner.class_names, clip, args.batch_size)
     print(report.summary())
     out = Path(args.out) if args.out else Path(f"eval-{_model_name(args.model)}")
@@ -303,7 +316,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if runner_a.class_names != runner_b.class_names:
         raise EatKerasError("the two artifacts have different class names")
     examples = _read_examples(args.data, args.folds)
-    clip = _clip_samples([runner_a, runner_b], args.a, args.clip_seconds)
+    clip = _clip_samples([runner_a, runner_b], args.clip_seconds)
     result = verify(
         runner_a.logits, runner_b.logits, examples, runner_a.class_names, clip, args.batch_size,
         centre_rows=not (runner_a.logits_exact and runner_b.logits_exact),

@@ -6,6 +6,10 @@ class EatKerasError(Exception):
     """Base class for errors caused by user input (files, names, arguments)."""
 
 
+class ConfigError(EatKerasError, ValueError):
+    """A model or front-end configuration is invalid (from flags, a sidecar json or code)."""
+
+
 class AudioError(EatKerasError):
     """An audio file is missing, unreadable, empty, too short or holds non-finite samples."""
 
@@ -24,3 +28,7 @@ class DownloadError(EatKerasError):
 
 class UnknownPresetError(EatKerasError):
     """A model name is not in the presets registry."""
+
+
+class ExistingOutputError(EatKerasError, FileExistsError):
+    """An export would overwrite an existing version folder."""

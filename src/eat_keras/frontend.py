@@ -24,6 +24,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from eat_keras.errors import ConfigError
+
 PREEMPHASIS = 0.97
 LOG_OFFSET = 1e-5
 # "fast normalisation" of upstream: a fixed affine map, no dataset statistics.
@@ -48,6 +50,19 @@ class FrontendConfig:
     # SpecAugment widths; 0 (off) is what every upstream training script uses.
     freqm: int = 0
     timem: int = 0
+
+    def __post_init__(self) -> None:
+        positive = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels")
+        if bad := [f"{name}={getattr(self, name)}" for name in positive if getattr(self, name) <= 0]:
+            raise ConfigError(f"front-end sizes must be positive: {', '.join(bad)}")
+        if self.win_length > self.n_fft:
+            raise ConfigError(f"win_length {self.win_length} exceeds n_fft {self.n_fft}")
+        if not 0 <= self.fmin < self.effective_fmax <= self.sample_rate / 2:
+            raise ConfigError(
+                f"mel range must satisfy 0 <= fmin < fmax <= sample_rate / 2; got {self.fmin:g}-{self.effective_fmax:g} Hz"
+            )
+        if self.freqm < 0 or self.timem < 0:
+            raise ConfigError(f"mask widths must be >= 0; got freqm={self.freqm}, timem={self.timem}")
 
     @property
     def effective_fmax(self) -> float:

@@ -21,7 +21,10 @@ __all__ = [
     "AUDIOSET_LABELS_FILE",
     "AUDIOSET_LABELS_URL",
     "AUDIOSET_LABELS_SHA256",
+    "LABEL_LIST_FILE",
     "read_label_csv",
+    "read_class_names",
+    "write_label_list",
     "audioset_labels",
 ]
 
@@ -29,6 +32,8 @@ AUDIOSET_LABELS_FILE = "class_labels_indices.csv"
 AUDIOSET_LABELS_URL = (
     "https://raw.githubusercontent.com/fschmid56/EfficientAT/main/metadata/class_labels_indices.csv"
 )
+#: the one-name-per-line label list that exported artifacts carry (SavedModel asset, beside .tflite files)
+LABEL_LIST_FILE = "labels.txt"
 #: sha256 of upstream's file (527 rows); checked for cached and downloaded copies.
 AUDIOSET_LABELS_SHA256 = "cdd1049833c4b86127c2773ac0d14a2754b6a6d0d1798002ed5c66e699708429"
 
@@ -86,6 +91,23 @@ def read_label_csv(path: str | os.PathLike[str]) -> list[str]:
             + ("..." if len(missing) > 5 else "")
         )
     return [by_index[i] for i in range(n)]
+
+
+def check_label_count(names: list[str], num_classes: int, source: object) -> list[str]:
+    """``names`` if it names exactly ``num_classes`` outputs (a short or long list would misname them)."""
+    if len(names) != num_classes:
+        raise EatKerasError(f"{source}: {len(names)} labels for a {num_classes}-class model")
+    return names
+
+
+def read_class_names(path: str | os.PathLike[str], num_classes: int) -> list[str]:
+    """:func:`read_label_csv`, checked to name exactly ``num_classes`` outputs."""
+    return check_label_count(read_label_csv(path), num_classes, path)
+
+
+def write_label_list(path: Path, names: list[str]) -> None:
+    """One name per line: the ``labels.txt`` that exported artifacts carry (:func:`read_label_csv` reads it)."""
+    path.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
 
 
 @functools.lru_cache(maxsize=8)

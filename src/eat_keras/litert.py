@@ -7,6 +7,7 @@ machine) nor its memory (~600 MB): ``ai_edge_litert`` and numpy are all it loads
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ from typing import Any
 import numpy as np
 
 NUM_THREADS = 2
+#: the flatbuffer metadata entry in which `eat-keras export` stores the model's settings as JSON
+#: (label type, clip length, sample rate, configuration), readable without TensorFlow
+SETTINGS_METADATA = "eat_keras_settings"
 
 
 def interpreter_class() -> Any:
@@ -36,6 +40,22 @@ def make_interpreter(model: bytes | str | Path, num_threads: int = NUM_THREADS) 
         interpreter = interpreter_class()(**kwargs, num_threads=num_threads)
     interpreter.allocate_tensors()
     return interpreter
+
+
+def read_settings(model: bytes | str | Path) -> dict[str, Any] | None:
+    """The settings `eat-keras export` stored in a ``.tflite`` (see :data:`SETTINGS_METADATA`), or
+    None for files without them (older exports, other tools' files)."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # pragma: no cover - depends on the environment
+        from tensorflow.lite.python import schema_py_generated as schema
+    data = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+    root = schema.Model.GetRootAs(data, 0)
+    for i in range(root.MetadataLength()):
+        entry = root.Metadata(i)
+        if entry.Name() == SETTINGS_METADATA.encode():
+            return json.loads(root.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
+    return None
 
 
 def run_tflite(interpreter: Any, inputs: np.ndarray) -> dict[str, np.ndarray]:

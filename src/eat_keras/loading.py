@@ -14,7 +14,7 @@ from typing import Any
 from eat_keras import hub, labels
 from eat_keras.errors import EatKerasError, WeightFileError
 from eat_keras.models import AudioTagger
-from eat_keras.models.saving import is_model_dir, load_tagger_dir
+from eat_keras.models.saving import MANIFEST, is_model_dir, load_tagger_dir
 from eat_keras.presets import get_preset
 from eat_keras.weights.architecture import AUDIOSET_CLASSES, TENSOR_DETERMINED_FIELDS
 from eat_keras.weights.loader import is_weight_file, load_tagger_from_file
@@ -23,16 +23,22 @@ from eat_keras.weights.loader import is_weight_file, load_tagger_from_file
 def default_class_names(num_classes: int, labels_file: str | Path | None = None) -> list[str]:
     """Names for a head: an explicit label file, the AudioSet labels for 527 classes, else class_i."""
     if labels_file is not None:
-        names = labels.read_label_csv(labels_file)
-    elif num_classes == AUDIOSET_CLASSES:
-        names = labels.audioset_labels()
-    else:
-        return [f"class_{i}" for i in range(num_classes)]
-    if len(names) != num_classes:
-        raise EatKerasError(
-            f"{labels_file or 'AudioSet labels'}: {len(names)} labels for a {num_classes}-class model"
-        )
-    return names
+        return labels.read_class_names(labels_file, num_classes)
+    if num_classes == AUDIOSET_CLASSES:
+        return labels.check_label_count(labels.audioset_labels(), num_classes, "AudioSet labels")
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def _not_a_model_folder(path: Path) -> str:
+    """Why an existing folder is not something :func:`load_tagger` reads, naming what it holds."""
+    if (path / "saved_model.pb").is_file():
+        return f"{path}: an exported SavedModel; convert and export start from a preset, .pt/.onnx or model folder"
+    versions = sorted(
+        (p.name for p in path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()), key=int
+    )
+    if versions:
+        return f"{path}: holds SavedModel versions {', '.join(versions)}; pass one of them, e.g. {path / versions[-1]}"
+    return f"{path}: not an eat-keras model folder (no {MANIFEST})"
 
 
 def load_tagger(
@@ -45,7 +51,14 @@ def load_tagger(
     """``with_class_names=False`` skips resolving label files (e.g. a backbone for fine-tuning)."""
     path = Path(model)
     if is_model_dir(path):
+        if overrides or weights is not None:
+            raise EatKerasError(
+                f"{path}: a model folder fixes its architecture and weights; architecture flags and "
+                "--weights apply to presets and .pt/.onnx files"
+            )
         tagger = load_tagger_dir(path)
+    elif path.is_dir():
+        raise EatKerasError(_not_a_model_folder(path))
     else:
         if is_weight_file(path):
             if not path.is_file():

@@ -112,7 +112,8 @@ for _suffix, _strides in (("", (2, 2, 2, 2)), ("_s2221", (2, 2, 2, 1)), ("_s2211
 # ImageNet-pretrained feature extractors (1 input channel, randomly initialised 527-class head):
 # starting points for AudioSet training, not taggers.
 _add("mn10_im_pytorch", "mn10_im_pytorch.pt", _mn("10"), None, _MN_PARAMS_M["10"], "torchvision ImageNet MobileNetV3, adapted")
-for _w in ("01", "02", "04", "05", "06", "10", "20", "30", "40"):
+# upstream releases these widths only (spec §5.2: no mn06_im)
+for _w in ("01", "02", "04", "05", "10", "20", "30", "40"):
     _add(f"mn{_w}_im", f"mn{_w}_im.pt", _mn(_w), None, _MN_PARAMS_M.get(_w), f"MN width {_WIDTHS[_w]:g}, ImageNet")
 
 
@@ -123,10 +124,6 @@ def get_preset(name: str) -> Preset:
         close = [p for p in PRESETS if p.split("_")[0] == name.split("_")[0]][:8]
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise UnknownPresetError(f"unknown model {name!r}{hint} (see `eat-keras presets`)") from None
-
-
-def preset_names() -> list[str]:
-    return list(PRESETS)
 
 
 # --- DyMN (dynamic MobileNets, upstream models/dymn) ----------------------------------------------

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from eat_keras.errors import EatKerasError
+from eat_keras.labels import LABEL_LIST_FILE, read_class_names
 
 # TensorFlow is imported inside the runners that need it: running a .tflite file needs LiteRT only.
 
@@ -29,6 +30,10 @@ class Runner(Protocol):
     window_samples: int | None
     # False where only softmax scores come out: logits are then known up to a per-row constant
     logits_exact: bool
+    # "multi_label" (sigmoid scores) or "single_label" (softmax); None where the artifact does not say
+    label_type: str | None
+    # the clip length a fine-tuned model was trained on, where the artifact records it
+    clip_seconds: float | None
 
     def logits(self, waveforms: np.ndarray) -> np.ndarray:
         """``[batch, samples]`` float32 at 32 kHz → ``[batch, classes]`` logits."""
@@ -38,7 +43,8 @@ def _scores_to_logits(scores: np.ndarray, label_type: str) -> np.ndarray:
     """Inverse of the score activation, for artifacts that only output scores. For softmax the
     result is the log-probability: logits up to a per-row constant, which leaves averages'
     argmax unchanged."""
-    scores = np.clip(scores.astype(np.float64), 1e-12, 1.0)
+    # floor at the smallest normal float32: a softmax score underflows to 0 only ~87 below the top logit
+    scores = np.clip(scores.astype(np.float64), np.finfo(np.float32).tiny, 1.0)
     if label_type == "single_label":
         return np.log(scores).astype(np.float32)
     scores = np.clip(scores, 1e-12, 1.0 - 1e-7)
@@ -55,6 +61,8 @@ class KerasRunner:
         self.tagger = load_tagger(model, labels_file=labels_file)
         self.name = f"keras:{model}"
         self.class_names = list(self.tagger.class_names or [])
+        self.label_type = self.tagger.config.label_type
+        self.clip_seconds = self.tagger.clip_seconds
         self._fn = self.tagger.predict_function_for_waveforms()
 
     def logits(self, waveforms: np.ndarray) -> np.ndarray:
@@ -63,17 +71,28 @@ class KerasRunner:
         return self._fn(tf.constant(waveforms, tf.float32))["logits"].numpy()
 
 
+def _class_names(labels_file: str | Path | None, own: list[str], num_classes: int) -> list[str]:
+    """An explicit label file (checked against the output size), else the artifact's own names."""
+    return read_class_names(labels_file, num_classes) if labels_file is not None else own
+
+
 class SavedModelRunner:
     window_samples = None
     logits_exact = True
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, labels_file: str | Path | None = None) -> None:
         import tensorflow as tf
 
         self._module = tf.saved_model.load(str(path))
         self._serve = self._module.signatures["serving_default"]
         self.name = f"saved_model:{path}"
-        self.class_names = [n.decode() for n in self._module.class_names().numpy()]
+        own = [n.decode() for n in self._module.class_names().numpy()]
+        self.class_names = _class_names(labels_file, own, len(own))
+        self.label_type = self._module.label_type.numpy().decode()
+        # 0 (or, in older exports, no variable at all) where the clip length is unknown
+        clip_seconds = getattr(self._module, "clip_seconds", None)
+        self.clip_seconds = float(clip_seconds.numpy()) if clip_seconds is not None else None
+        self.clip_seconds = self.clip_seconds or None
 
     def _run(self, waveforms: np.ndarray, output: str) -> np.ndarray:
         import tensorflow as tf
@@ -88,25 +107,36 @@ class SavedModelRunner:
 
 
 class TFLiteRunner:
-    def __init__(self, path: str | Path, label_type: str = "multi_label", labels_file: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path, label_type: str | None = None, labels_file: str | Path | None = None) -> None:
+        """``label_type``: for files that do not record theirs (exports before the settings entry,
+        other tools' files); such a file is read as multi-label when no reference says otherwise."""
         self.name = f"tflite:{path}"
-        from eat_keras.litert import make_interpreter
+        from eat_keras.litert import make_interpreter, read_settings
 
-        self._interpreter = make_interpreter(path)
+        try:
+            self._interpreter = make_interpreter(path)
+        except ValueError as exc:  # LiteRT's "Could not open" / "not a valid Flatbuffer"
+            raise EatKerasError(f"{path}: cannot load as a TFLite model ({exc})") from exc
         (detail,) = self._interpreter.get_input_details()
         if len(detail["shape"]) != 2:
             raise EatKerasError(f"{path}: expects a waveform [1, N] input, found shape {list(detail['shape'])}")
         self._input = detail["index"]
         self.window_samples = int(detail["shape"][1])
-        outputs = {d["name"]: d["index"] for d in self._interpreter.get_output_details()}
+        details = self._interpreter.get_output_details()
+        outputs = {d["name"]: d["index"] for d in details}
         logits = [i for n, i in outputs.items() if "logits" in n]
         self._scores = next(i for n, i in outputs.items() if "scores" in n)
+        num_classes = int(next(d["shape"][-1] for d in details if d["index"] == self._scores))
         self._output = logits[0] if logits else self._scores
         self._outputs_logits = bool(logits)
-        self._label_type = label_type
-        self.logits_exact = self._outputs_logits or label_type == "multi_label"
-        labels = Path(labels_file) if labels_file else Path(path).with_name("labels.txt")
-        self.class_names = labels.read_text().splitlines() if labels.is_file() else []
+        settings = read_settings(path) or {}
+        self.label_type = settings.get("label_type", label_type)
+        self.clip_seconds = settings.get("clip_seconds")
+        self._scores_label_type = self.label_type or "multi_label"
+        self.logits_exact = self._outputs_logits or self._scores_label_type == "multi_label"
+        beside = Path(path).with_name(LABEL_LIST_FILE)  # written next to the file by `eat-keras export`
+        own = read_class_names(beside, num_classes) if beside.is_file() else []
+        self.class_names = _class_names(labels_file, own, num_classes)
 
     def _run(self, waveforms: np.ndarray, output: int) -> np.ndarray:
         rows = []
@@ -118,7 +148,7 @@ class TFLiteRunner:
 
     def logits(self, waveforms: np.ndarray) -> np.ndarray:
         out = self._run(waveforms, self._output)
-        return out if self._outputs_logits else _scores_to_logits(out, self._label_type)
+        return out if self._outputs_logits else _scores_to_logits(out, self._scores_label_type)
 
     def scores(self, waveforms: np.ndarray) -> np.ndarray:
         return self._run(waveforms, self._scores)
@@ -127,8 +157,15 @@ class TFLiteRunner:
 class OnnxRunner:
     window_samples = None
     logits_exact = True
+    clip_seconds = None
 
-    def __init__(self, path: str | Path, frontend_config=None, class_names: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        frontend_config=None,
+        class_names: list[str] | None = None,
+        label_type: str | None = None,
+    ) -> None:
         try:
             import onnxruntime
         except ImportError as exc:
@@ -140,6 +177,7 @@ class OnnxRunner:
         self._input = self._session.get_inputs()[0].name
         self._frontend = LogMelSpectrogram(frontend_config or FrontendConfig())
         self.class_names = list(class_names or [])
+        self.label_type = label_type
 
     def logits(self, waveforms: np.ndarray) -> np.ndarray:
         import tensorflow as tf
@@ -154,15 +192,14 @@ def load_runner(artifact: str | Path, labels_file: str | Path | None = None, ref
     """A runner for whatever ``artifact`` is; ``reference`` lends class names and label type to
     artifacts that carry none (ONNX, a TFLite file without labels.txt)."""
     path = Path(artifact)
-    label_type = getattr(getattr(reference, "tagger", None), "config", None)
-    label_type = label_type.label_type if label_type is not None else "multi_label"
+    label_type = reference.label_type if reference is not None else None
     if path.is_dir() and (path / "saved_model.pb").is_file():
-        runner: Runner = SavedModelRunner(path)
+        runner: Runner = SavedModelRunner(path, labels_file)
     elif path.suffix == ".tflite":
         runner = TFLiteRunner(path, label_type, labels_file)
     elif path.suffix == ".onnx" and reference is not None:
         tagger = getattr(reference, "tagger", None)
-        runner = OnnxRunner(path, tagger.config.frontend if tagger else None, reference.class_names)
+        runner = OnnxRunner(path, tagger.config.frontend if tagger else None, reference.class_names, label_type)
     else:
         runner = KerasRunner(artifact, labels_file)
     if not runner.class_names and reference is not None:

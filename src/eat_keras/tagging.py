@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from eat_keras.audio import check_min_length
+from eat_keras.errors import EatKerasError
 
 if TYPE_CHECKING:  # tagging through a .tflite file must not import TensorFlow
     from eat_keras.models import AudioTagger
@@ -45,6 +46,24 @@ def prepare_waveform(waveform: np.ndarray, sample_rate: int, path: str | None, p
         return np.pad(waveform, (0, min_samples - len(waveform)))
     check_min_length(waveform, min_samples, path, sample_rate)
     return waveform
+
+
+def window_samples(window_s: float, hop_s: float | None, sample_rate: int, fixed_window: bool = False) -> tuple[int, int]:
+    """Window and hop in samples, rounded (``int()`` would turn 2.01 s into 64319 samples).
+
+    Raises:
+        EatKerasError: a window shorter than :data:`MIN_SECONDS` (unless the artifact fixes it), or
+            a hop that is not positive (None means the window length).
+    """
+    window = int(round(window_s * sample_rate))
+    if not fixed_window and window < int(MIN_SECONDS * sample_rate):
+        raise EatKerasError(f"windows must be at least {MIN_SECONDS:g} s long; got {window_s:g} s")
+    if hop_s is None:
+        return window, window
+    hop = int(round(hop_s * sample_rate))
+    if hop < 1:
+        raise EatKerasError(f"the hop must be positive; got {hop_s:g} s")
+    return window, hop
 
 
 def window_starts(num_samples: int, window: int, hop: int) -> list[int]:
@@ -118,11 +137,12 @@ def tag_with(
     ``scores_fn`` gets is refilled for the next call: copy it to keep it.
     """
     sr = sample_rate
+    if top_k < 1:
+        raise EatKerasError(f"top-k must be at least 1; got {top_k}")
     if window_s is None:
         scores = scores_fn(waveform[np.newaxis].astype(np.float32))[0]
         return [WindowResult(0.0, len(waveform) / sr, top_labels(scores, class_names, top_k), scores)]
-    window = int(window_s * sr)
-    hop = int((hop_s or window_s) * sr)
+    window, hop = window_samples(window_s, hop_s, sr, fixed_window)
     if not fixed_window:
         window = min(window, len(waveform))
     starts = window_starts(len(waveform), window, hop)

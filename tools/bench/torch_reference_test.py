@@ -323,3 +323,23 @@ def test_variants_agree_with_eat_keras(variant: str, tmp_path: Path) -> None:
         assert np.isfinite(t_logits).all() and np.abs(t_logits).max() < 100
     print(f"\n{variant}: eat-keras vs torch reference max |Δ| {worst:.2e}")
     assert worst <= TOL
+
+
+def test_dilated_model_imports_from_onnx_as_dilated(tmp_path: Path) -> None:
+    """A dilated C4 stage exports as stride-1, dilation-2 depthwise convs: the import must read the
+    dilation (else it builds a non-dilated net of the same shapes), and frame times must use the
+    blocks' real strides."""
+    from eat_keras.export.saved_model import time_downsampling
+    from eat_keras.models.config import ModelConfig
+    from eat_keras.weights.loader import load_tagger_from_file
+
+    model = build_reference(ModelConfig(arch="mn", width_mult=0.4, dilated=True))
+    model.load_state_dict(synthetic_state_dict(model, seed=3), strict=True)
+    tagger = load_tagger_from_file(export_onnx(model, tmp_path / "dilated.onnx"))
+    assert tagger.config.dilated
+    x = _logmel("music")
+    out = tagger.net(x[:, 0, :, :, None], training=False)
+    t_logits, _ = _torch_out(model, x)
+    assert np.abs(out["logits"].numpy() - t_logits).max() <= TOL
+    frames_in, frames_out = x.shape[-1], out["frame_logits"].shape[1]
+    assert frames_out == -(-frames_in // time_downsampling(tagger))  # 1000 frames -> 63, step 16

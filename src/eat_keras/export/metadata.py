@@ -37,8 +37,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from eat_keras.errors import EatKerasError
+from eat_keras.labels import LABEL_LIST_FILE
 
-LABELS_FILENAME = "labels.txt"
 
 _VERSION_MODULE = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
 
@@ -221,7 +221,7 @@ def write_metadata(
     for output in outputs:
         if output == "scores":
             writer.add_classification_output(
-                writer_mod.Labels().add(list(class_names), exported_filename=LABELS_FILENAME),
+                writer_mod.Labels().add(list(class_names), exported_filename=LABEL_LIST_FILE),
                 name="scores",
                 description=_OUTPUT_DESCRIPTIONS["scores"],
             )

@@ -12,9 +12,10 @@ labelled scores with TensorFlow alone (no eat-keras, no PyTorch). Signatures:
   and ``frame_end`` [frames'] in seconds.
 
 Class names travel as an asset (``assets/labels.txt``) and as the callable ``class_names()``;
-``sample_rate``, ``model_name``, ``label_type``, ``eat_keras_version`` and ``config_json`` are
-variables readable from the loaded object. The folder is written as ``<out>/<name>/<version>/``
-under a temporary name and renamed into place, so TF Serving never sees a half-written version.
+``sample_rate``, ``model_name``, ``label_type``, ``clip_seconds`` (the fine-tuning clip length; 0
+where unknown), ``eat_keras_version`` and ``config_json`` are variables readable from the loaded
+object. The folder is written as ``<out>/<name>/<version>/`` under a temporary name and renamed into
+place, so TF Serving never sees a half-written version.
 
 The weights are graph constants, not variables (:func:`frozen`): the folder is for inference; to
 fine-tune, start from the eat-keras model folder or the checkpoint.
@@ -23,6 +24,7 @@ fine-tune, start from the eat-keras model folder or the checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -35,17 +37,17 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from eat_keras import __version__
+from eat_keras.errors import ExistingOutputError
+from eat_keras.labels import LABEL_LIST_FILE, write_label_list
 from eat_keras.models import AudioTagger
-
-LABELS_ASSET = "labels.txt"
+from eat_keras.models.blocks import block_specs
 
 
 def time_downsampling(tagger: AudioTagger) -> int:
-    """Input frames per output frame: the stem's 2 times the four stage strides."""
-    factor = 2
-    for stride in tagger.config.strides:
-        factor *= stride
-    return factor
+    """Input frames per output frame: the stem's 2 times the blocks' depthwise strides (a dilated
+    C4 stage keeps its resolution whatever its configured stride)."""
+    c = tagger.config
+    return 2 * math.prod(spec.depthwise_stride for spec in block_specs(c.width_mult, c.strides, c.dilated, c.reduced_tail))
 
 
 def frozen(fn: Callable[..., Any], *input_specs: tf.TensorSpec) -> Callable[..., Any]:
@@ -77,6 +79,7 @@ class ExportedTagger(tf.Module):
         self.sample_rate = tf.Variable(config.frontend.sample_rate, trainable=False, name="sample_rate")
         self.model_name = tf.Variable(name, trainable=False, name="model_name")
         self.label_type = tf.Variable(config.label_type, trainable=False, name="label_type")
+        self.clip_seconds = tf.Variable(tagger.clip_seconds or 0.0, trainable=False, name="clip_seconds")
         self.eat_keras_version = tf.Variable(__version__, trainable=False, name="eat_keras_version")
         self.config_json = tf.Variable(json.dumps(config.to_dict()), trainable=False, name="config_json")
         frames_per_output = time_downsampling(tagger)
@@ -134,12 +137,12 @@ def export_saved_model(
     version = _next_version(model_root) if version is None else version
     final = model_root / str(version)
     if final.exists():
-        raise FileExistsError(f"{final} exists; choose another --version")
+        raise ExistingOutputError(f"{final} exists; choose another --version")
     # dot-prefixed: TF Serving only loads numeric folder names, so it never sees the staging one
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial.", dir=model_root))
     try:
-        labels_file = staging / LABELS_ASSET
-        labels_file.write_text("".join(f"{label}\n" for label in tagger.class_names))
+        labels_file = staging / LABEL_LIST_FILE
+        write_label_list(labels_file, tagger.class_names)
         module = ExportedTagger(tagger, name, labels_file)
         export_dir = staging / "model"
         tf.saved_model.save(

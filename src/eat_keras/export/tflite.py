@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -49,17 +50,24 @@ import numpy as np
 import tensorflow as tf
 
 from eat_keras import __version__
+from eat_keras.labels import LABEL_LIST_FILE, write_label_list
 from eat_keras.errors import EatKerasError
 from eat_keras.frontend import FrontendConfig, log_mel_spectrogram
 from eat_keras.frontend_dft import factored_log_mel, radix_for
-from eat_keras.litert import NUM_THREADS, interpreter_class, make_interpreter, run_tflite  # noqa: F401 (public here too)
+from eat_keras.litert import (  # noqa: F401 (public here too)
+    NUM_THREADS,
+    SETTINGS_METADATA,
+    interpreter_class,
+    make_interpreter,
+    read_settings,
+    run_tflite,
+)
 from eat_keras.models import AudioTagger
 
 QUANTIZATIONS = ("float32", "float16", "dynamic_int8", "int8")
 OUTPUTS = ("scores", "logits", "embedding")
 DEFAULT_WINDOW_SECONDS = (1.0, 10.0)
 DEFAULT_CALIBRATION_WINDOWS = 100
-LABELS_FILE = "labels.txt"
 TFLITE_DIR = "tflite"
 #: name scope of the front-end ops in the converted graph; selects them for float-only checks
 FRONTEND_SCOPE = "eat_frontend"
@@ -145,6 +153,30 @@ def _write_model(model_object: Any) -> bytes:
     from tensorflow.lite.tools import flatbuffer_utils
 
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model_object))
+
+
+def _with_settings(model: bytes, tagger: AudioTagger) -> bytes:
+    """``model`` with the tagger's settings in a metadata entry (:data:`SETTINGS_METADATA`): what a
+    runner needs to read the scores right (softmax or sigmoid) and the clip length it was tuned on.
+    Added before MediaPipe's writer, which appends its label zip after the flatbuffer."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    settings = {
+        "label_type": tagger.config.label_type,
+        "clip_seconds": tagger.clip_seconds,
+        "sample_rate": tagger.config.frontend.sample_rate,
+        "eat_keras_version": __version__,
+        "config": tagger.config.to_dict(),
+    }
+    model_object = read_model(model)
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(settings).encode(), np.uint8)
+    model_object.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = SETTINGS_METADATA
+    entry.buffer = len(model_object.buffers) - 1
+    model_object.metadata = [*(model_object.metadata or []), entry]
+    return _write_model(model_object)
 
 
 def _model_bytes(model: bytes | str | Path) -> bytes:
@@ -389,12 +421,6 @@ def _description(tagger: AudioTagger, name: str, input_desc: str, quantization: 
     )
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def export_tflite(
     tagger: AudioTagger,
     out_dir: str | Path,
@@ -447,7 +473,7 @@ def export_tflite(
     staging.chmod(0o755)  # mkdtemp makes it private; it becomes the published folder
     artifacts: list[TFLiteArtifact] = []
     try:
-        (staging / LABELS_FILE).write_text("".join(f"{label}\n" for label in tagger.class_names))
+        write_label_list(staging / LABEL_LIST_FILE, tagger.class_names)
         for seconds in window_seconds:
             samples = window_samples(seconds, config)
             frames = config.num_frames(samples)
@@ -472,7 +498,7 @@ def export_tflite(
                         filename = artifact_filename(name, quantization, frames=frames)
                         shape = (1, config.n_mels, frames)
                     say(f"converting {filename}")
-                    model = _convert(module, input_kind, length, quantization, outputs, data)
+                    model = _with_settings(_convert(module, input_kind, length, quantization, outputs, data), tagger)
                     if metadata:
                         model = write_metadata(
                             model,

@@ -15,6 +15,11 @@ BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.99
 
 
+def torch_padding(kernel_size: int, dilation: int = 1) -> int:
+    """The zero padding upstream gives every conv on each side: ``(k - 1) // 2 * dilation``."""
+    return (kernel_size - 1) // 2 * dilation
+
+
 def torch_padded_depthwise_conv(x: tf.Tensor, kernel: tf.Tensor, strides: int = 1, dilation: int = 1) -> tf.Tensor:
     """``tf.nn.depthwise_conv2d`` with PyTorch's symmetric zero padding ``(k - 1) // 2 * dilation``,
     without a ``Pad`` op where it can: TF's CPU kernels copy the whole activation map for one (mn10's
@@ -34,7 +39,7 @@ def torch_padded_depthwise_conv(x: tf.Tensor, kernel: tf.Tensor, strides: int = 
     fused kernel aborts the process on them (tensor_format.h "Invalid index from the dimension").
     """
     kernel_size = int(kernel.shape[0])
-    pad = (kernel_size - 1) // 2 * dilation
+    pad = torch_padding(kernel_size, dilation)
     conv = functools.partial(
         tf.nn.depthwise_conv2d, strides=[1, strides, strides, 1], dilations=[dilation, dilation]
     )
@@ -78,7 +83,7 @@ class ConvBNAct(tf_keras.layers.Layer):
         self.activation = activation
         self.bn_epsilon = bn_epsilon
         self.bn_momentum = bn_momentum
-        pad = (kernel_size - 1) // 2 * dilation
+        pad = torch_padding(kernel_size, dilation)
         self.pad = tf_keras.layers.ZeroPadding2D(pad, name="pad") if pad else None
         common = dict(
             kernel_size=kernel_size,
@@ -116,7 +121,7 @@ class ConvBNAct(tf_keras.layers.Layer):
         bn = self.bn
         scale = bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
         bias = bn.beta - bn.moving_mean * scale
-        pad = (self.kernel_size - 1) // 2 * self.dilation
+        pad = torch_padding(self.kernel_size, self.dilation)
         padding = [[0, 0], [pad, pad], [pad, pad], [0, 0]] if pad else "VALID"
         strides = [1, self.strides, self.strides, 1]
         dilations = [self.dilation, self.dilation]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from eat_keras.errors import ConfigError
 from eat_keras.frontend import FrontendConfig
 
 ARCHS = ("mn", "dymn")
@@ -39,15 +40,15 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+            raise ConfigError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.head_type not in HEAD_TYPES:
-            raise ValueError(f"head_type must be one of {HEAD_TYPES}, got {self.head_type!r}")
+            raise ConfigError(f"head_type must be one of {HEAD_TYPES}, got {self.head_type!r}")
         if self.label_type not in LABEL_TYPES:
-            raise ValueError(f"label_type must be one of {LABEL_TYPES}, got {self.label_type!r}")
+            raise ConfigError(f"label_type must be one of {LABEL_TYPES}, got {self.label_type!r}")
         if self.use_dy_blocks not in DY_BLOCK_MODES:
-            raise ValueError(f"use_dy_blocks must be one of {DY_BLOCK_MODES}")
+            raise ConfigError(f"use_dy_blocks must be one of {DY_BLOCK_MODES}")
         if len(self.strides) != 4 or any(s not in (1, 2) for s in self.strides):
-            raise ValueError(f"strides must be four values of 1 or 2, got {self.strides!r}")
+            raise ConfigError(f"strides must be four values of 1 or 2, got {self.strides!r}")
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
         if isinstance(self.frontend, dict):
             object.__setattr__(self, "frontend", FrontendConfig(**self.frontend))
@@ -70,5 +71,5 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+            raise ConfigError(f"unknown model config keys: {sorted(unknown)}")
         return cls(**d)

@@ -46,7 +46,8 @@ def save_tagger(
             "config": tagger.config.to_dict(),
             "class_names": tagger.class_names,
             "source": source,
-            "training": training or {},
+            # the clip length travels with the model (convert of a fine-tuned folder keeps it)
+            "training": {**({"clip_seconds": tagger.clip_seconds} if tagger.clip_seconds else {}), **(training or {})},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         tagger.save_weights(str(staging / WEIGHTS_PREFIX))
@@ -79,7 +80,9 @@ def load_tagger_dir(model_dir: str | Path) -> AudioTagger:
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     config = ModelConfig.from_dict(manifest["config"])
-    tagger = AudioTagger(config, class_names=manifest.get("class_names")).build_for_inference()
+    clip_seconds = manifest.get("training", {}).get("clip_seconds")
+    tagger = AudioTagger(config, class_names=manifest.get("class_names"), clip_seconds=clip_seconds)
+    tagger.build_for_inference()
     try:
         tagger.load_weights(str(model_dir / WEIGHTS_PREFIX)).assert_existing_objects_matched()
     except (ValueError, AssertionError, OSError) as exc:

@@ -15,12 +15,17 @@ from eat_keras.models.network import EfficientATNet
 @tf_keras.utils.register_keras_serializable(package="eat_keras")
 class AudioTagger(tf_keras.Model):
     """waveform ``[B, N]`` at ``config.frontend.sample_rate`` → dict of ``scores``, ``logits``,
-    ``embedding``, ``frame_logits``. ``scores`` are sigmoid (multi-label) or softmax (single-label)."""
+    ``embedding``, ``frame_logits``. ``scores`` are sigmoid (multi-label) or softmax (single-label).
+
+    ``clip_seconds``: the clip length a fine-tuned model was trained on (None where unknown, e.g. the
+    AudioSet release models); evaluation and exported artifacts reuse it as the default window.
+    """
 
     def __init__(
         self,
         config: ModelConfig | dict[str, Any],
         class_names: list[str] | None = None,
+        clip_seconds: float | None = None,
         **kwargs: Any,
     ) -> None:
         config = ModelConfig.from_dict(config) if isinstance(config, dict) else config
@@ -28,12 +33,24 @@ class AudioTagger(tf_keras.Model):
         super().__init__(**kwargs)
         self.config = config
         self.class_names = list(class_names) if class_names is not None else None
+        self.clip_seconds = float(clip_seconds) if clip_seconds is not None else None
         self.frontend = LogMelSpectrogram(config.frontend, name="frontend")
         self.net = EfficientATNet(config, name="net")
 
-    @property
-    def min_samples(self) -> int:
-        return self.config.frontend.min_samples
+    def reset_classifier(
+        self,
+        num_classes: int,
+        head_type: str | None = None,
+        class_names: list[str] | None = None,
+        label_type: str | None = None,
+    ) -> None:
+        """A fresh head for ``num_classes`` (:meth:`EfficientATNet.reset_classifier`); the tagger's
+        configuration, label type and class names follow, so that it saves and reloads as it is."""
+        self.net.reset_classifier(num_classes, head_type)
+        self.config = self.net.config.replace(label_type=label_type or self.config.label_type)
+        self.net.config = self.config
+        self.class_names = list(class_names) if class_names is not None else None
+        self._waveform_fn = None  # traced for the old head
 
     def scores_from_logits(self, logits: tf.Tensor) -> tf.Tensor:
         if self.config.label_type == "single_label":
@@ -64,7 +81,12 @@ class AudioTagger(tf_keras.Model):
         return self
 
     def get_config(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "class_names": self.class_names, "name": self.name}
+        return {
+            "config": self.config.to_dict(),
+            "class_names": self.class_names,
+            "clip_seconds": self.clip_seconds,
+            "name": self.name,
+        }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "AudioTagger":

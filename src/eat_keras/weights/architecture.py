@@ -99,16 +99,25 @@ def hints_from_name(name: str) -> dict[str, Any]:
 
 
 def sidecar_config(path: Path) -> dict[str, Any]:
-    """``<file>.json`` or ``config.json`` next to a weight file, restricted to ModelConfig keys."""
+    """``<file>.json`` or ``config.json`` next to a weight file: the ModelConfig keys it holds (as
+    ``ModelConfig.to_dict`` writes them, ``frontend`` a dict of FrontendConfig keys); other keys are
+    ignored, and a file with no ModelConfig key at all (some other tool's config) is skipped."""
+    model_keys = set(ModelConfig.__dataclass_fields__)
+    frontend_keys = set(FrontendConfig.__dataclass_fields__)
     for candidate in (path.with_suffix(".json"), path.parent / "config.json"):
         if candidate.is_file():
             try:
                 data = json.loads(candidate.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
-            if isinstance(data, dict) and "arch" in data:
-                allowed = set(ModelConfig.__dataclass_fields__) - {"frontend"}
-                return {k: (tuple(v) if k == "strides" else v) for k, v in data.items() if k in allowed}
+            if not isinstance(data, dict) or not model_keys & set(data):
+                continue
+            fields = {k: (tuple(v) if k == "strides" else v) for k, v in data.items() if k in model_keys}
+            if isinstance(fields.get("frontend"), dict):
+                fields["frontend"] = {k: v for k, v in fields["frontend"].items() if k in frontend_keys}
+            else:
+                fields.pop("frontend", None)
+            return fields
     return {}
 
 

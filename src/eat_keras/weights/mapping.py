@@ -18,7 +18,7 @@ import numpy as np
 import tf_keras
 
 from eat_keras.errors import ArchitectureMismatchError
-from eat_keras.layers import ConvBNAct, SqueezeExcitation
+from eat_keras.layers import ConvBNAct
 from eat_keras.models.blocks import InvertedResidual
 from eat_keras.models.heads import AttentionPoolingHead, FullyConvolutionalHead, MLPHead
 from eat_keras.models.network import EfficientATNet

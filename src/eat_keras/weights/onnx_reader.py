@@ -347,14 +347,17 @@ def infer_config_from_ops(ops: Sequence[ParametricOp], source: str) -> dict[str,
         raise ArchitectureMismatchError(
             f"{source}: found {len(depthwise)} depthwise convolutions, MN and DyMN have 15"
         )
-    # Blocks 1, 3, 6 and 12 (0-based) carry the configurable strides C1..C4.
+    # Blocks 1, 3, 6 and 12 (0-based) carry the configurable strides C1..C4. A dilated C4 stage
+    # (upstream `dilated=True`) runs its depthwise convs at stride 1 with dilation 2.
     strides = tuple(int(depthwise[i].strides[0]) for i in (1, 3, 6, 12))
+    dilated = int(depthwise[12].dilations[0]) > 1
     fields: dict[str, Any] = {
         "arch": "mn",
         "width_mult": width,
         "head_type": head,
         "num_classes": classes,
         "strides": strides,
+        "dilated": dilated,
         "label_type": default_label_type(classes),
     }
     if dynamic:

@@ -1,0 +1,137 @@
+"""Exported artifacts read back right: label type, clip length and class names from the artifact,
+window lengths in whole samples, and user mistakes as one-line errors (``eat-keras`` exit status 2).
+
+One tiny fine-tuned-like model (width 0.1, 3 classes, softmax, trained on 2 s clips) is saved as a
+model folder, a SavedModel and a 2.01 s TFLite file, shared by the whole module; none needs ../shared.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from eat_keras.cli import main
+from eat_keras.errors import EatKerasError, ExistingOutputError
+from eat_keras.models import AudioTagger, ModelConfig
+from eat_keras.runners import KerasRunner, SavedModelRunner, TFLiteRunner, load_runner
+
+SR = 32000
+NAMES = ["dog", "rain", "crying baby"]
+WINDOW_SECONDS = 2.01  # 64320 samples; int(2.01 * 32000) would be 64319
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> dict[str, Path]:
+    from eat_keras.export.saved_model import export_saved_model
+    from eat_keras.export.tflite import export_tflite
+    from eat_keras.models.saving import save_tagger
+
+    root = tmp_path_factory.mktemp("runners")
+    config = ModelConfig(width_mult=0.1, num_classes=3, label_type="single_label")
+    tagger = AudioTagger(config, class_names=NAMES, clip_seconds=2.0).build_for_inference()
+    folder = save_tagger(tagger, root / "tiny")
+    saved_model = export_saved_model(tagger, root / "exported", "tiny")
+    (tflite,) = export_tflite(
+        tagger, root / "exported", "tiny", window_seconds=(WINDOW_SECONDS,), quantizations=("float32",),
+        log_mel=False, metadata=False,
+    )
+    rng = np.random.default_rng(0)
+    audio = root / "noise.wav"
+    sf.write(audio, rng.normal(0, 0.1, int(4.5 * SR)).astype(np.float32), SR)
+    labels = root / "labels.csv"  # AudioSet layout: header row, quoted names
+    labels.write_text('index,mid,display_name\n0,/m/a,"Dog"\n1,/m/b,"Rain"\n2,/m/c,"Crying, sobbing"\n')
+    return {"folder": folder, "saved_model": saved_model, "tflite": tflite.path, "audio": audio, "labels": labels}
+
+
+def test_artifacts_say_their_label_type_and_clip_length(artifacts):
+    keras = KerasRunner(artifacts["folder"])
+    saved = SavedModelRunner(artifacts["saved_model"])
+    tflite = TFLiteRunner(artifacts["tflite"])  # no reference: the file itself says softmax
+    assert [r.label_type for r in (keras, saved, tflite)] == ["single_label"] * 3
+    assert [r.clip_seconds for r in (keras, saved, tflite)] == [2.0] * 3
+    assert saved.class_names == tflite.class_names == NAMES
+    assert not tflite.logits_exact  # softmax scores give logits up to a per-row constant
+
+
+def test_tflite_softmax_scores_invert_to_the_keras_logits(artifacts):
+    keras = KerasRunner(artifacts["folder"])
+    tflite = TFLiteRunner(artifacts["tflite"])
+    rng = np.random.default_rng(1)
+    waveforms = rng.normal(0, 0.1, (3, tflite.window_samples)).astype(np.float32)
+    want, got = keras.logits(waveforms), tflite.logits(waveforms)
+    centred = lambda x: x - x.mean(axis=1, keepdims=True)  # noqa: E731
+    # read as sigmoid scores (the old default), the difference was of order 1
+    np.testing.assert_allclose(centred(got), centred(want), atol=1e-4)
+
+
+def test_evaluation_window_comes_from_the_artifact(artifacts):
+    from eat_keras.cli import _clip_samples
+
+    assert _clip_samples([SavedModelRunner(artifacts["saved_model"])], None) == 2 * SR
+    assert _clip_samples([SavedModelRunner(artifacts["saved_model"])], 3.0) == 3 * SR
+    assert _clip_samples([TFLiteRunner(artifacts["tflite"])], None) == 64320
+
+
+def test_label_file_is_parsed_and_counted_for_every_artifact(artifacts, tmp_path):
+    want = ["Dog", "Rain", "Crying, sobbing"]
+    for path in (artifacts["tflite"], artifacts["saved_model"], artifacts["folder"]):
+        assert load_runner(path, artifacts["labels"]).class_names == want, path
+    two = tmp_path / "two.txt"
+    two.write_text("a\nb\n")
+    for path in (artifacts["tflite"], artifacts["saved_model"], artifacts["folder"]):
+        with pytest.raises(EatKerasError, match="2 labels for a 3-class model"):
+            load_runner(path, two)
+
+
+def test_tag_through_a_file_whose_window_is_not_a_round_float(artifacts, capsys):
+    assert main(["tag", str(artifacts["audio"]), "--model", str(artifacts["tflite"]), "--json", "--top-k", "1"]) == 0
+    windows = json.loads(capsys.readouterr().out)["results"][0]["windows"]
+    # 4.5 s in 2.01 s windows: starts 0, 2.01, 4.02 (the last zero-padded)
+    assert [round(w["start"], 4) for w in windows] == [0.0, 2.01, 4.02]
+    assert all(round(w["end"] - w["start"], 4) == WINDOW_SECONDS for w in windows)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--window", "0.5"], "at least 1 s"),
+        (["--window", "0"], "at least 1 s"),
+        (["--window", "2", "--hop", "0"], "hop must be positive"),
+        (["--window", "2", "--hop", "-1"], "hop must be positive"),
+        (["--window", "2", "--hop", "0.00001"], "hop must be positive"),
+        (["--top-k", "0"], "--top-k must be at least 1"),
+    ],
+)
+def test_tag_refuses_bad_lengths_once(artifacts, capsys, flags, message):
+    audio = str(artifacts["audio"])
+    assert main(["tag", audio, audio, "--model", str(artifacts["folder"]), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_model_errors_are_one_line(artifacts, tmp_path, capsys):
+    audio = str(artifacts["audio"])
+    serving_root = artifacts["saved_model"].parent
+    (tmp_path / "not_a_model.tflite").write_bytes(b"not a flatbuffer")
+    cases = [
+        (["tag", audio, "--model", str(tmp_path / "missing.tflite")], "cannot load as a TFLite model"),
+        (["tag", audio, "--model", str(tmp_path / "not_a_model.tflite")], "cannot load as a TFLite model"),
+        (["tag", audio, "--model", str(tmp_path)], "not an eat-keras model folder (no eat_keras.json)"),
+        (["tag", audio, "--model", str(serving_root)], f"holds SavedModel versions 1; pass one of them, e.g. {serving_root / '1'}"),
+        (["convert", str(artifacts["saved_model"]), "--out", str(tmp_path)], "an exported SavedModel"),
+        (["convert", str(artifacts["folder"]), "--out", str(tmp_path), "--strides", "2211"], "a model folder fixes"),
+        (["convert", "mn04_as", "--out", str(tmp_path), "--n-mels", "0"], "front-end sizes must be positive: n_mels=0"),
+        (["export", str(artifacts["folder"]), "--out", str(serving_root.parent), "--version", "1"], "exists; choose another --version"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)
+
+
+def test_existing_version_is_also_a_file_exists_error():
+    assert issubclass(ExistingOutputError, FileExistsError)
