@@ -1,4 +1,5 @@
-"""Shared fixtures: where ../shared is, and session-scoped models so that no test rebuilds them.
+"""Shared fixtures: where ../shared is, and the reference data read from it (session-scoped). Models
+are shared per test module (module- or session-scoped fixtures there), never rebuilt per test.
 
 The read-only reference material (golden outputs, checkpoints, audio) lives in ``../shared`` next to
 the clone, or wherever ``$EAT_SHARED_DIR`` points. On a user's fresh clone it is absent and the tests

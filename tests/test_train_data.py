@@ -307,6 +307,26 @@ def test_training_pipeline_is_deterministic_given_a_seed(few: list[Example]) -> 
     assert not np.array_equal(first[0], other[0])
 
 
+def test_a_resumed_training_set_continues_the_epoch_sequence(few: list[Example]) -> None:
+    """A run resumed after k epochs builds its data set with ``first_epoch=k``: its first epoch
+    must be epoch k of an uninterrupted data set (order and crops), not a replay of epoch 0."""
+    cache = AudioCache()
+
+    def epochs(first_epoch: int, count: int) -> list[dict[str, np.ndarray]]:
+        dataset = make_dataset(
+            few, ESC10_CLASSES, mode="train", clip_samples=SR, batch_size=4, seed=3, cache=cache,
+            first_epoch=first_epoch,
+        )
+        batches = [_batches(dataset) for _ in range(count)]  # one iteration is one epoch
+        return [{k: _concat(b, k) for k in ("index", "waveform")} for b in batches]
+
+    uninterrupted = epochs(0, 3)
+    resumed = epochs(2, 1)
+    for key in ("index", "waveform"):
+        np.testing.assert_array_equal(resumed[0][key], uninterrupted[2][key])
+    assert not np.array_equal(resumed[0]["waveform"], uninterrupted[0]["waveform"])
+
+
 def test_evaluation_windows_cover_whole_files(few: list[Example], tmp_path: Path) -> None:
     short = Example(str(_write(tmp_path / "short.wav", 0.5)), "dog")
     examples = few[:2] + [short]

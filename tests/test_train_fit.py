@@ -1,21 +1,26 @@
 """Fine-tuning: the loss goes down, a killed run resumes, freezing works, the result exports with
-its own class names."""
+its own class names; bad input fails before the run folder is written, the best epoch, validation,
+class weights and resumed data are the ones the recipe promises, and a finished run stays finished."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import eat_keras.train.fit as fit_module
 from eat_keras.errors import EatKerasError
-from eat_keras.train.data import read_esc50_manifest
-from eat_keras.train.fit import FinetuneConfig, finetune, learning_rate_factor
+from eat_keras.train.data import Example, class_counts, read_esc50_manifest
+from eat_keras.train.fit import MONITORS, FinetuneConfig, _RunFolder, finetune, learning_rate_factor
+from eat_keras.train.losses import cross_entropy
 
 CLASSES = ("dog", "rain", "rooster")
 
@@ -48,6 +53,21 @@ def _log(path):
         return list(csv.DictReader(f))
 
 
+def _expected_best_epoch(rows, monitor):
+    """The documented rule: the best monitored value; a tie goes to the lower validation loss,
+    then to the earlier epoch."""
+    sign = 1.0 if MONITORS[monitor] is max else -1.0
+    best = min(rows, key=lambda r: (-sign * float(r[monitor]), float(r["val_loss"]), int(r["epoch"])))
+    return int(best["epoch"])
+
+
+def _assert_best_is_the_best_logged_epoch(result, monitor):
+    rows = _log(result.out_dir / "log.csv")
+    assert result.best_epoch == _expected_best_epoch(rows, monitor), rows
+    manifest = json.loads((result.best_dir / "eat_keras.json").read_text())
+    assert manifest["training"]["epoch"] == result.best_epoch  # best/ holds that epoch
+
+
 @pytest.mark.slow
 def test_training_lowers_the_loss_and_saves_the_best(short_run):
     losses = [row["train_loss"] for row in short_run.history]
@@ -58,6 +78,7 @@ def test_training_lowers_the_loss_and_saves_the_best(short_run):
     assert {"train_cb", "train_supcon", "val_accuracy", "val_macro_f1", "lr"} <= set(rows[0])
     split = (short_run.out_dir / "split_report.txt").read_text()
     assert all(name in split for name in CLASSES)
+    _assert_best_is_the_best_logged_epoch(short_run, "val_macro_f1")
 
 
 @pytest.mark.slow
@@ -168,3 +189,217 @@ def test_export_tag_and_verify_the_fine_tuned_model(short_run, shared_dir, tmp_p
     assert main(["tag", rows[0].path, "--model", str(short_run.best_dir), "--top-k", "3"]) == 0
     labels = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
     assert sorted(labels) == sorted(CLASSES)
+
+
+# --- a run with mixup, validation and test folds, interrupted, resumed and started again ----------
+
+# files per class (CLASSES order) taken from each ESC-10 fold: unequal training counts, so that
+# class-balanced weights differ from ones
+_FOLD_PICKS = {"1": (5, 3, 4), "2": (2, 2, 2), "3": (1, 1, 1)}
+
+
+def _fold_examples(shared_dir):
+    data = shared_dir / "data" / "esc10"
+    examples = read_esc50_manifest(data / "esc10.csv", data / "audio")
+    picked = []
+    for fold, numbers in _FOLD_PICKS.items():
+        for label, n in zip(CLASSES, numbers):
+            picked += [e for e in examples if e.label == label and e.fold == fold][:n]
+    return picked
+
+
+class _Interrupted(Exception):
+    """Stands for a kill right after a checkpoint."""
+
+
+def _spied_finetune(examples, out, config, stop_after_checkpoint=False):
+    """``finetune`` with its internals observed: the training batches it draws, every validation
+    evaluated twice, and the losses it builds."""
+    seen = SimpleNamespace(dataset_kwargs=[], batches=[], evaluations=[], losses=[], result=None)
+    real_make_dataset, real_evaluate = fit_module.make_dataset, fit_module.evaluate
+    real_loss = fit_module.CombinedLoss
+
+    def recording_dataset(*args, **kwargs):
+        seen.dataset_kwargs.append((args, kwargs))
+
+        def note(index, waveform):
+            seen.batches.append((index.numpy(), waveform.numpy()))
+            return index
+
+        dataset = real_make_dataset(*args, **kwargs)
+        return dataset.map(lambda b: {**b, "index": tf.py_function(note, [b["index"], b["waveform"]], tf.int32)})
+
+    def evaluating_twice(predict, *args):
+        first, second = real_evaluate(predict, *args), real_evaluate(predict, *args)
+        seen.evaluations.append((first[1], second[1]))
+        return first
+
+    def recording_loss(*args, **kwargs):
+        seen.losses.append(real_loss(*args, **kwargs))
+        return seen.losses[-1]
+
+    real_save = tf.train.CheckpointManager.save
+
+    def save_then_stop(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        raise _Interrupted
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fit_module, "make_dataset", recording_dataset)
+        mp.setattr(fit_module, "evaluate", evaluating_twice)
+        mp.setattr(fit_module, "CombinedLoss", recording_loss)
+        if stop_after_checkpoint:
+            mp.setattr(tf.train.CheckpointManager, "save", save_then_stop)
+            with pytest.raises(_Interrupted):
+                finetune(examples, out, config, verbose=False)
+        else:
+            seen.result = finetune(examples, out, config, verbose=False)
+    return seen
+
+
+def _stopping_config(shared_dir):
+    """Mixup on, validation fold 2, test fold 3. Epoch 1 trains; from epoch 2 on the learning rate
+    is 0 and BatchNorm is frozen, so the model stays as it is, epoch 2 ties epoch 1 exactly and
+    early stopping (patience 1) fires after it: epoch 1 is the best, epochs 3-4 never run. Cheap:
+    two equal batches of 6 per epoch (one trace of the training step) and only the head trained
+    (a small gradient graph; short_run trains the backbone)."""
+    return _config(
+        shared_dir, epochs=4, batch_size=6, mixup_alpha=0.3, val_folds=["2"], test_folds=["3"], patience=1,
+        rampdown_start=0, rampdown_epochs=1, last_lr_factor=0.0, freeze_batchnorm=True, freeze_backbone_epochs=4,
+    )
+
+
+@pytest.fixture(scope="module")
+def stopped_run(shared_dir, tmp_path_factory):
+    """Start (interrupted after epoch 1), resume (epoch 2, then early stop), start again."""
+    out = tmp_path_factory.mktemp("stopped")
+    examples, config = _fold_examples(shared_dir), _stopping_config(shared_dir)
+    starts = [
+        _spied_finetune(examples, out, config, stop_after_checkpoint=True),
+        _spied_finetune(examples, out, config),
+        _spied_finetune(examples, out, config),
+    ]
+    return SimpleNamespace(out=out, examples=examples, config=config, starts=starts)
+
+
+def _split_side(out, side):
+    with (out / "split.csv").open() as f:
+        return [row for row in csv.DictReader(f) if row["side"] == side]
+
+
+def test_best_epoch_is_the_best_logged_epoch(stopped_run):
+    result = stopped_run.starts[1].result
+    assert [int(r["epoch"]) for r in _log(stopped_run.out / "log.csv")] == [1, 2]
+    _assert_best_is_the_best_logged_epoch(result, stopped_run.config.monitor)
+    assert result.best_epoch == 1  # epoch 2 ties epoch 1: not an improvement
+
+
+def test_validation_is_deterministic_and_reproduced_by_best(stopped_run):
+    """Validation runs the model in inference mode: two evaluations give identical logits, and
+    the logged validation loss of the best epoch is what best/ gives on the validation files."""
+    from eat_keras.models.saving import load_tagger_dir
+    from eat_keras.train.evaluate import file_logits, true_ids
+
+    evaluations = [pair for start in stopped_run.starts for pair in start.evaluations]
+    assert len(evaluations) >= 3  # epoch 1, epoch 2, the test folds
+    for first, second in evaluations:
+        np.testing.assert_array_equal(first, second)
+    result = stopped_run.starts[1].result
+    val = [e for e in stopped_run.examples if e.fold == "2"]
+    tagger = load_tagger_dir(result.best_dir)
+    predict = tagger.predict_function_for_waveforms()
+    logits = file_logits(lambda w: predict(tf.constant(w))["logits"].numpy(), val, list(CLASSES), 64000, 8)
+    targets = tf.one_hot(true_ids(val, list(CLASSES)), len(CLASSES))
+    logged = float(result.history[result.best_epoch - 1]["val_loss"])
+    assert float(cross_entropy(targets, tf.constant(logits))) == pytest.approx(logged, rel=1e-4)
+
+
+def test_test_folds_are_held_out_and_evaluated_on_best(stopped_run):
+    result = stopped_run.starts[1].result
+    test_paths = sorted(e.path for e in stopped_run.examples if e.fold == "3")
+    assert sorted(r["path"] for r in _split_side(stopped_run.out, "test")) == test_paths
+    assert result.test_report is not None
+    assert int(np.asarray(result.test_report.confusion).sum()) == len(test_paths)
+
+
+def test_class_weights_come_from_the_training_split(stopped_run):
+    from eat_keras.train.losses import class_balanced_weights
+
+    train = _split_side(stopped_run.out, "train")
+    counts = class_counts([Example(r["path"], r["label"]) for r in train], list(CLASSES))
+    assert counts.tolist() == list(_FOLD_PICKS["1"])  # unequal, so the weights are not all ones
+    expected = class_balanced_weights(counts, stopped_run.config.cb_beta)
+    assert not np.allclose(expected, 1.0)
+    losses = [loss for start in stopped_run.starts for loss in start.losses]
+    assert len(losses) == 3
+    for loss in losses:
+        np.testing.assert_allclose(loss.class_weights, expected, rtol=1e-6)
+
+
+def test_a_resumed_run_draws_the_data_of_an_uninterrupted_run(stopped_run):
+    """Epoch 2 after the interruption gets epoch 2's order and crops, not a replay of epoch 1's."""
+    first, resumed = stopped_run.starts[0], stopped_run.starts[1]
+    args, kwargs = first.dataset_kwargs[0]
+    uninterrupted = fit_module.make_dataset(*args, **{**kwargs, "first_epoch": 0})
+    epochs = [[(b["index"].numpy(), b["waveform"].numpy()) for b in uninterrupted] for _ in range(2)]
+    for drawn, expected in ((first.batches, epochs[0]), (resumed.batches, epochs[1])):
+        assert len(drawn) == len(expected)
+        for (index, waveform), (want_index, want_waveform) in zip(drawn, expected):
+            np.testing.assert_array_equal(index, want_index)
+            np.testing.assert_array_equal(waveform, want_waveform)
+
+
+def test_an_early_stopped_run_started_again_trains_no_more(stopped_run):
+    again = stopped_run.starts[2]
+    assert again.batches == []  # no training step
+    assert [int(r["epoch"]) for r in _log(stopped_run.out / "log.csv")] == [1, 2]
+    assert not (stopped_run.out / "checkpoints" / "ckpt-3.index").exists()
+    assert again.result.best_epoch == 1 and len(again.result.history) == 2
+
+
+def test_resuming_with_data_that_split_differently_is_refused(stopped_run):
+    before = (stopped_run.out / "split.csv").read_text()
+    dropped = next(e for e in stopped_run.examples if e.fold == "2")
+    fewer = [e for e in stopped_run.examples if e != dropped]
+    with pytest.raises(EatKerasError, match=f"split differently.*{dropped.path} is gone"):
+        finetune(fewer, stopped_run.out, stopped_run.config, verbose=False)
+    assert (stopped_run.out / "split.csv").read_text() == before
+
+
+# --- bad input fails before the run folder is written ----------------------------------------
+
+
+def test_bad_loss_settings_are_one_line_user_errors(shared_dir, tmp_path, capsys):
+    from eat_keras.cli import main
+
+    for changes in ({"loss_terms": {"focal": 1.0}}, {"cb_beta": 1.0}, {"patience": 0}):
+        with pytest.raises(EatKerasError):
+            _config(shared_dir, **changes)
+    with pytest.raises(ValueError, match="among"):  # also a ValueError, as before
+        _config(shared_dir, loss_terms={"focal": 1.0})
+    data = shared_dir / "data" / "esc10" / "esc10.csv"
+    for flags in (["--loss", "focal=1"], ["--cb-beta", "1"]):
+        assert main(["finetune", str(data), "--out", str(tmp_path / "run"), *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("eat-keras: error:") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [({"val_fraction": 0.0}, "validation side is empty"), ({"model": "no_such_model.pt"}, "no_such_model")],
+)
+def test_a_failed_start_leaves_the_folder_unclaimed(shared_dir, tmp_path, changes, message):
+    out = tmp_path / "run"
+    with pytest.raises(EatKerasError, match=message):
+        finetune(_examples(shared_dir, per_class=4), out, _config(shared_dir, **changes), verbose=False)
+    assert not (out / "finetune.json").exists()
+
+
+def test_a_folder_without_a_finished_epoch_takes_a_new_configuration(shared_dir, tmp_path):
+    run = _RunFolder(tmp_path)
+    run.claim(_config(shared_dir), resuming=False)
+    run.claim(_config(shared_dir, batch_size=4), resuming=False)  # e.g. retried after running out of memory
+    assert json.loads(run.config.read_text())["batch_size"] == 4
+    with pytest.raises(EatKerasError, match="another configuration .*batch_size"):
+        run.claim(_config(shared_dir), resuming=True)

@@ -7,7 +7,7 @@ class EatKerasError(Exception):
 
 
 class ConfigError(EatKerasError, ValueError):
-    """A model or front-end configuration is invalid (from flags, a sidecar json or code)."""
+    """A model, front-end or training setting is invalid (from flags, a sidecar json or code)."""
 
 
 class AudioError(EatKerasError):

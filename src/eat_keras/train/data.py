@@ -575,6 +575,7 @@ def make_dataset(
     seed: int = 0,
     cache: AudioCache | None = None,
     drop_remainder: bool = False,
+    first_epoch: int = 0,
 ) -> tf.data.Dataset:
     """A batched ``tf.data.Dataset`` of dicts over ``examples``.
 
@@ -585,7 +586,9 @@ def make_dataset(
     * ``mode="train"``: one crop per file per epoch, in a shuffled order. A file longer than
       ``clip_samples`` is cropped at a uniform random offset, a shorter one zero-padded at the end
       (as upstream ESC-50). Each new iterator (epoch) ``e`` draws its order and offsets from
-      ``(seed, e)``: a fresh data set with the same seed replays the same epochs.
+      ``(seed, e)``: a fresh data set with the same seed replays the same epochs. The first
+      iterator is epoch ``first_epoch`` (0-based): a run resumed after ``k`` finished epochs passes
+      ``k``, so that its epochs see the data the uninterrupted run would have seen.
       ``drop_remainder`` drops a last partial batch (e.g. for BatchNorm or SupCon: tiny batches).
     * ``mode="eval"``: every file in full, as consecutive windows of ``clip_samples`` (hop
       ``clip_samples``; the last window zero-padded; a file shorter than one window gives one
@@ -604,6 +607,8 @@ def make_dataset(
         )
     if mode == "eval" and drop_remainder:
         raise ValueError("drop_remainder would leave evaluation windows out")
+    if first_epoch < 0:
+        raise ValueError(f"first_epoch must be >= 0, got {first_epoch}")
     if not examples:
         raise EatKerasError(f"no examples for the {mode} data set")
     index = _class_index(class_names)
@@ -613,7 +618,7 @@ def make_dataset(
     cache.load_all(paths)
 
     if mode == "train":
-        generator = _training_elements(cache, paths, labels, clip_samples, seed)
+        generator = _training_elements(cache, paths, labels, clip_samples, seed, first_epoch)
         num_elements = len(paths)
     else:
         windows = [_num_windows(cache.get(p).shape[0], clip_samples) for p in paths]
@@ -656,9 +661,15 @@ def _fit(waveform: np.ndarray, start: int, clip_samples: int) -> np.ndarray:
 
 
 def _training_elements(
-    cache: AudioCache, paths: list[str], labels: np.ndarray, clip_samples: int, seed: int
+    cache: AudioCache,
+    paths: list[str],
+    labels: np.ndarray,
+    clip_samples: int,
+    seed: int,
+    first_epoch: int,
 ) -> Callable[[], Iterator[dict[str, np.ndarray | int]]]:
-    epochs = itertools.count()  # tf.data calls the generator once per iterator, i.e. per epoch
+    # tf.data calls the generator once per iterator, i.e. per epoch
+    epochs = itertools.count(first_epoch)
 
     def generate() -> Iterator[dict[str, np.ndarray | int]]:
         rng = np.random.default_rng([seed, next(epochs)])

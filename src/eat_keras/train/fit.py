@@ -2,14 +2,20 @@
 
 One run lives in one output folder:
 
-- ``finetune.json``: the configuration; a second start with a different one is refused;
-- ``split.csv`` / ``split_report.txt``: every file's side and per-class counts (leak-checked);
-- ``checkpoints/``: model, optimizers, RNG and early-stopping state after each epoch. Starting the
-  same command again after a kill resumes from the last one and loses at most the epoch in flight;
+- ``finetune.json``: the configuration; once an epoch is checkpointed, a start with a different
+  one is refused;
+- ``split.csv`` / ``split_report.txt``: every file's side and per-class counts (leak-checked); a
+  resumed start whose data give another split is refused;
+- ``checkpoints/``: model, optimizers, RNG, data-epoch and early-stopping state after each epoch.
+  Starting the same command again after a kill resumes from the last one and loses at most the
+  epoch in flight; starting a finished (or early-stopped) run again trains nothing;
 - ``log.csv`` (and ``tensorboard/`` when asked): per-epoch loss terms, learning rate, validation
   accuracy, macro-F1 and loss;
 - ``best/``: the eat-keras model folder of the best epoch by the monitored validation metric, with
   the class names: ``eat-keras export`` / ``tag`` / ``evaluate`` take it as it is.
+
+Every input (settings, data, split, model, audio) is checked before the folder is written, so a
+start that fails on bad input leaves nothing that blocks the corrected retry.
 
 Training runs under a ``tf.distribute`` strategy (the default one on a single device), so the same
 code trains on several GPUs (``MirroredStrategy``) or workers (``MultiWorkerMirroredStrategy`` with
@@ -49,11 +55,28 @@ from eat_keras.train.data import (
     split_report,
 )
 from eat_keras.train.evaluate import evaluate, true_ids
-from eat_keras.train.losses import CombinedLoss, class_balanced_weights, cross_entropy
+from eat_keras.train.losses import (
+    CombinedLoss,
+    check_cb_beta,
+    check_loss_terms,
+    class_balanced_weights,
+    cross_entropy,
+)
 from eat_keras.train.metrics import ClassificationReport
 
 # monitored metric → which of two values is better
 MONITORS = {"val_accuracy": max, "val_macro_f1": max, "val_loss": min}
+
+# Numeric settings and their lower bound (all must also be finite): a bad one fails at once, in
+# one line, instead of deep inside TensorFlow or as a silently empty run (patience 0, epochs 0).
+_POSITIVE = (
+    "clip_seconds", "batch_size", "epochs", "learning_rate", "supcon_temperature", "layer_decay",
+    "patience",
+)  # fmt: skip
+_NON_NEGATIVE = (
+    "warmup_epochs", "rampdown_start", "rampdown_epochs", "last_lr_factor", "focal_gamma",
+    "mixup_alpha", "gain_db", "roll_samples", "freqm", "timem", "freeze_backbone_epochs",
+)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -94,10 +117,22 @@ class FinetuneConfig:
     tensorboard: bool = False
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`EatKerasError` for a setting no run can use (also a ``ValueError`` for
+        the loss settings); :func:`finetune` calls it again, as the fields can be changed."""
         if self.monitor not in MONITORS:
             raise EatKerasError(f"monitor must be one of {sorted(MONITORS)}, got {self.monitor!r}")
         if self.label_type not in ("single_label", "multi_label"):
             raise EatKerasError(f"label_type must be single_label or multi_label, got {self.label_type!r}")
+        for name in (*_POSITIVE, *_NON_NEGATIVE):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and (value > 0 if name in _POSITIVE else value >= 0)):
+                bound = "> 0" if name in _POSITIVE else ">= 0"
+                raise EatKerasError(f"{name} must be finite and {bound}, got {value}")
+        check_loss_terms(self.loss_terms)
+        check_cb_beta(self.cb_beta)
 
     @property
     def loss_form(self) -> str:
@@ -153,19 +188,32 @@ def _variable_groups(tagger: AudioTagger) -> list[list[tf.Variable]]:
     return [[v for layer in level for v in layer.trainable_variables] for level in levels]
 
 
+_SPLIT_HEADER = ["path", "label", "group", "side"]
+_MAX_LISTED = 3  # split differences named in one error message
+
+
 class _RunFolder:
     def __init__(self, out_dir: Path) -> None:
         self.root = out_dir
         self.config = out_dir / "finetune.json"
+        self.split = out_dir / "split.csv"
         self.checkpoints = out_dir / "checkpoints"
         self.log = out_dir / "log.csv"
         self.best = out_dir / "best"
 
-    def claim(self, config: FinetuneConfig) -> None:
-        """Record the configuration, or check it against an earlier start of the same run."""
+    def latest_checkpoint(self) -> str | None:
+        """The checkpoint a start resumes from; ``None`` while no epoch has finished."""
+        return tf.train.latest_checkpoint(str(self.checkpoints)) if self.checkpoints.is_dir() else None
+
+    def claim(self, config: FinetuneConfig, resuming: bool) -> None:
+        """Record the configuration; when resuming, check it against the run's.
+
+        Before the first checkpoint the folder holds no training, so a start that failed (or was
+        stopped) then may be retried with other settings: the new configuration replaces the old.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         wanted = config.to_dict()
-        if self.config.exists():
+        if resuming and self.config.exists():
             earlier = json.loads(self.config.read_text())
             if earlier != wanted:
                 changed = sorted(k for k in set(earlier) | set(wanted) if earlier.get(k) != wanted.get(k))
@@ -173,17 +221,28 @@ class _RunFolder:
                     f"{self.root} holds a run with another configuration (differs in {', '.join(changed)}); "
                     "use a new --out folder"
                 )
-        else:
-            self.config.write_text(json.dumps(wanted, indent=1) + "\n")
+            return
+        self.config.write_text(json.dumps(wanted, indent=1) + "\n")
 
-    def write_split(self, splits: dict[str, list[Example]]) -> str:
+    def record_split(self, splits: dict[str, list[Example]], resuming: bool) -> str:
+        """Write ``split.csv`` and the report; when resuming, first check that the data give the
+        stored split: other data would move files between sides (a former training file into
+        validation) and change the class weights halfway through a run."""
+        rows = _split_rows(splits)
+        if resuming and self.split.exists():
+            with self.split.open(newline="") as f:
+                stored = list(csv.reader(f))[1:]  # without the header
+            if stored != rows:
+                raise EatKerasError(
+                    f"{self.split}: the data given now split differently from the run's "
+                    f"({_split_differences(stored, rows)}); resume with the same data, or use a new --out folder"
+                )
         report = split_report(splits)
         (self.root / "split_report.txt").write_text(report + "\n")
-        with (self.root / "split.csv").open("w", newline="") as f:
+        with self.split.open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["path", "label", "group", "side"])
-            for side, examples in splits.items():
-                writer.writerows([e.path, e.label, e.group or "", side] for e in examples)
+            writer.writerow(_SPLIT_HEADER)
+            writer.writerows(rows)
         return report
 
     def log_rows(self, upto_epoch: int) -> list[dict[str, str]]:
@@ -202,6 +261,51 @@ class _RunFolder:
             writer.writeheader()
             writer.writerows(rows)
         tmp.replace(self.log)
+
+
+def _split_rows(splits: dict[str, list[Example]]) -> list[list[str]]:
+    """``split.csv`` rows (as ``csv.reader`` reads them back): path, label, group, side."""
+    return [[e.path, e.label, e.group or "", side] for side, examples in splits.items() for e in examples]
+
+
+def _split_differences(stored: list[list[str]], now: list[list[str]]) -> str:
+    """The first few files whose side, label or group differ, or that one of the splits lacks."""
+    before = {row[0]: row[1:] for row in stored}
+    after = {row[0]: row[1:] for row in now}
+    changes = []
+    for path in sorted(set(before) | set(after)):
+        old, new = before.get(path), after.get(path)
+        if old is None:
+            changes.append(f"{path} is new ({new[2]})")
+        elif new is None:
+            changes.append(f"{path} is gone ({old[2]})")
+        elif old[2] != new[2]:
+            changes.append(f"{path} moves {old[2]} -> {new[2]}")
+        elif old != new:
+            changes.append(f"{path} has another label or group")
+    if not changes:
+        return "same files in another order"
+    more = f" and {len(changes) - _MAX_LISTED} more" if len(changes) > _MAX_LISTED else ""
+    return f"{len(changes)} file(s): " + "; ".join(changes[:_MAX_LISTED]) + more
+
+
+def _checked_splits(
+    examples: Sequence[Example], config: FinetuneConfig
+) -> tuple[dict[str, list[Example]], list[str], np.ndarray]:
+    """The leak-checked split, the class names and the training counts; refuses a split that
+    cannot train (a class without training files) or select a best epoch (no validation files)."""
+    splits = split_examples(
+        examples, config.val_fraction, config.test_fraction, config.seed, config.test_folds, config.val_folds
+    )
+    check_no_leakage(splits)
+    class_names = class_names_of(examples)
+    counts = class_counts(splits["train"], class_names)
+    if (counts == 0).any():
+        missing = [n for n, c in zip(class_names, counts) if c == 0]
+        raise EatKerasError(f"no training files for class(es) {missing}")
+    if not splits["val"]:
+        raise EatKerasError("the validation side is empty: set --val-fraction or --val-folds")
+    return splits, class_names, counts
 
 
 @dataclasses.dataclass
@@ -223,28 +327,13 @@ def finetune(
     verbose: bool = True,
 ) -> FinetuneResult:
     """Fine-tune ``config.model`` on ``examples``; resumes when ``out_dir`` holds the same run."""
-    run = _RunFolder(Path(out_dir))
-    run.claim(config)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if verbose else (lambda msg: None)
     strategy = strategy or tf.distribute.get_strategy()
     cache = cache or AudioCache()
 
-    splits = split_examples(
-        examples, config.val_fraction, config.test_fraction, config.seed, config.test_folds, config.val_folds
-    )
-    check_no_leakage(splits)
-    say(run.write_split(splits))
-    class_names = class_names_of(examples)
-    counts = class_counts(splits["train"], class_names)
-    if (counts == 0).any():
-        missing = [n for n, c in zip(class_names, counts) if c == 0]
-        raise EatKerasError(f"no training files for class(es) {missing}")
-    if not splits["val"]:
-        raise EatKerasError("the validation side is empty: set --val-fraction or --val-folds")
-
-    base = load_tagger(config.model, config.weights, with_class_names=False)
-    sample_rate = base.config.frontend.sample_rate
-    clip_samples = int(config.clip_seconds * sample_rate)
+    # Check every input before the run folder is written (see the module docstring).
+    config.validate()
+    splits, class_names, counts = _checked_splits(examples, config)
     loss_fn = CombinedLoss(
         class_balanced_weights(counts, config.cb_beta) if "cb" in config.loss_terms else None,
         config.loss_terms,
@@ -252,12 +341,15 @@ def finetune(
         form=config.loss_form,
         temperature=config.supcon_temperature,
     )
-    train_ds = make_dataset(
-        splits["train"], class_names, mode="train", clip_samples=clip_samples,
-        batch_size=config.batch_size, seed=config.seed, cache=cache,
-        drop_remainder=len(splits["train"]) >= 2 * config.batch_size,
-    )
-    steps_per_epoch = int(train_ds.cardinality())
+    base = load_tagger(config.model, config.weights, with_class_names=False)
+    sample_rate = base.config.frontend.sample_rate
+    clip_samples = int(round(config.clip_seconds * sample_rate))
+    cache.load_all(e.path for side in splits.values() for e in side)  # an undecodable file fails now
+
+    run = _RunFolder(Path(out_dir))
+    resuming = run.latest_checkpoint() is not None
+    run.claim(config, resuming)
+    say(run.record_split(splits, resuming))
 
     with strategy.scope():
         tagger = build_finetune_model(base, class_names, config)
@@ -280,10 +372,24 @@ def finetune(
         bad_epochs=bad_epochs_var, rng=rng, **{f"optimizer_{i}": o for i, o in enumerate(optimizers)},
     )
     manager = tf.train.CheckpointManager(checkpoint, str(run.checkpoints), max_to_keep=2)
-    if manager.latest_checkpoint:
+    if resuming:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         say(f"resuming from {manager.latest_checkpoint}: {int(epoch_var)} epoch(s) done")
     history = run.log_rows(int(epoch_var))
+    first_epoch = int(epoch_var)
+    if int(bad_epochs_var) >= config.patience:
+        say(f"early stopping fired after epoch {first_epoch}: nothing left to train")
+        first_epoch = config.epochs
+    elif first_epoch >= config.epochs:
+        say(f"all {config.epochs} epochs are done: nothing left to train")
+    # The data set's epoch counter starts where the run stands: epoch e of a resumed run gets the
+    # order and crops that epoch e of an uninterrupted run gets.
+    train_ds = make_dataset(
+        splits["train"], class_names, mode="train", clip_samples=clip_samples,
+        batch_size=config.batch_size, seed=config.seed, cache=cache,
+        drop_remainder=len(splits["train"]) >= 2 * config.batch_size, first_epoch=first_epoch,
+    )
+    steps_per_epoch = int(train_ds.cardinality())
     writer = tf.summary.create_file_writer(str(run.root / "tensorboard")) if config.tensorboard else None
 
     replicas = strategy.num_replicas_in_sync
@@ -326,7 +432,7 @@ def finetune(
     better = MONITORS[config.monitor]
     distributed = strategy.experimental_distribute_dataset(train_ds)
 
-    for epoch in range(int(epoch_var), config.epochs):
+    for epoch in range(first_epoch, config.epochs):
         factor = learning_rate_factor(epoch, config)
         for opt, mult in zip(optimizers, multipliers):
             opt.learning_rate.assign(config.learning_rate * factor * mult)

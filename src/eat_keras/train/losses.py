@@ -15,8 +15,13 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
+from eat_keras.errors import ConfigError
+
 __all__ = [
     "CombinedLoss",
+    "LossSettingError",
+    "check_cb_beta",
+    "check_loss_terms",
     "class_balanced_loss",
     "class_balanced_weights",
     "cross_entropy",
@@ -30,6 +35,30 @@ _FOCAL_FLOOR = 1e-12
 # The seed's SupConLoss adds these to its denominators; kept so that the values match.
 _SUPCON_EPS = 1e-12
 _EXCLUDED = -1e9
+
+#: The loss terms :class:`CombinedLoss` knows.
+TERM_NAMES = ("cb", "ce", "supcon")
+
+
+class LossSettingError(ConfigError):
+    """A loss setting a user chose (``--loss``, ``--cb-beta``) is invalid: one CLI error line, and
+    a ``ValueError`` for callers of the library functions, as these checks raised before."""
+
+
+def check_loss_terms(terms: Mapping[str, float]) -> None:
+    """Refuse unknown or no term names, and weights that are negative or not finite."""
+    unknown = sorted(set(terms) - set(TERM_NAMES))
+    if unknown or not terms:
+        raise LossSettingError(f"loss terms must be among {TERM_NAMES}, got {sorted(terms)}")
+    bad = {name: w for name, w in terms.items() if not (np.isfinite(w) and w >= 0)}
+    if bad:
+        raise LossSettingError(f"loss term weights must be finite and >= 0, got {bad}")
+
+
+def check_cb_beta(beta: float) -> None:
+    """β = 1 makes every class-balanced weight 0/0; β < 0 has no meaning."""
+    if not 0.0 <= beta < 1.0:
+        raise LossSettingError(f"class-balanced beta must be in [0, 1), got {beta}")
 
 
 def class_balanced_weights(counts: np.ndarray | list[int], beta: float = 0.9999) -> np.ndarray:
@@ -45,8 +74,7 @@ def class_balanced_weights(counts: np.ndarray | list[int], beta: float = 0.9999)
         raise ValueError(
             f"every class needs at least one training example; counts {n.astype(int).tolist()}"
         )
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    check_cb_beta(beta)
     if beta == 0.0:
         return np.ones(n.size, dtype=np.float32)
     weights = (1.0 - beta) / -np.expm1(n * np.log(beta))
@@ -153,7 +181,7 @@ class CombinedLoss:
     Calling it returns ``(total, {name: unweighted term})``; the dict is for logging.
     """
 
-    NAMES = ("cb", "ce", "supcon")
+    NAMES = TERM_NAMES
 
     def __init__(
         self,
@@ -165,9 +193,7 @@ class CombinedLoss:
         temperature: float = 0.07,
     ) -> None:
         self.terms = dict(terms if terms is not None else {"cb": 0.8, "supcon": 0.2})
-        unknown = sorted(set(self.terms) - set(self.NAMES))
-        if unknown or not self.terms:
-            raise ValueError(f"loss terms must be among {self.NAMES}, got {sorted(self.terms)}")
+        check_loss_terms(self.terms)
         if "cb" in self.terms and class_weights is None:
             raise ValueError("the 'cb' term needs class_weights (see class_balanced_weights)")
         if form not in ("softmax", "sigmoid"):
