@@ -186,6 +186,9 @@ def test_export_tag_and_verify_the_fine_tuned_model(short_run, shared_dir, tmp_p
         accuracies = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:2] in ("A ", "B ")]
         assert len(accuracies) == 2 and accuracies[0] == accuracies[1], text
         assert "difference B - A: +0.0000" in text and "top-1 agreement: 1.0000" in text, text
+        # the artifact's logits (a TFLite file's from its softmax scores) are the model's
+        max_logit_difference = float(text.split("max |logit A - logit B|: ")[1].split()[0])
+        assert max_logit_difference < 1e-3, text
     assert main(["tag", rows[0].path, "--model", str(short_run.best_dir), "--top-k", "3"]) == 0
     labels = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
     assert sorted(labels) == sorted(CLASSES)
