@@ -81,19 +81,21 @@ class LoopbackServer:
 
 
 class _LoopbackHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves ``root``. ``/short/<file>`` promises 1000 more bytes than it sends and ``/cut/<file>``
-    sends half of the file and closes the socket: connections that die mid-download."""
+    """Serves ``root``. ``/short/<file>`` promises 1000 more bytes than it sends, ``/cut/<file>``
+    sends half of the file and closes the socket, and ``/unsized/<file>`` does the same without a
+    Content-Length: connections that die mid-download."""
 
     state: LoopbackServer
 
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
         self.state.paths.append(self.path)
         kind, _, name = self.path.lstrip("/").partition("/")
-        if kind in ("short", "cut"):
+        if kind in ("short", "cut", "unsized"):
             body = (self.state.root / name).read_bytes()
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(body) + (1000 if kind == "short" else 0)))
+            if kind != "unsized":
+                self.send_header("Content-Length", str(len(body) + (1000 if kind == "short" else 0)))
             self.end_headers()
             self.wfile.write(body if kind == "short" else body[: len(body) // 2])
             self.wfile.flush()

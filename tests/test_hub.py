@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,17 @@ from conftest import LOOKUP_ENV_VARS, LoopbackServer
 from eat_keras import hub
 from eat_keras.errors import DownloadError, EatKerasError
 
-PAYLOAD = b"release file body\n" * 5000  # ~90 kB: several reads
+
+
+def _zip_payload() -> bytes:
+    """A stand-in checkpoint: torch .pt files are zips (fixed timestamp: same bytes every run)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(zipfile.ZipInfo("archive/data.pkl", (2024, 1, 1, 0, 0, 0)), b"release file body\n" * 5000)
+    return buffer.getvalue()
+
+
+PAYLOAD = _zip_payload()  # ~90 kB: several reads
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
@@ -133,10 +145,11 @@ def test_connection_refused(cache: Path) -> None:
     assert _leftovers(cache) == []
 
 
-@pytest.mark.parametrize("kind", ["short", "cut"])
+@pytest.mark.parametrize("kind", ["short", "cut", "unsized"])
 def test_interrupted_download_leaves_no_file(server: LoopbackServer, cache: Path, kind: str) -> None:
-    """Content-Length larger than the body, or a socket closed mid-body: no final file."""
-    with pytest.raises(DownloadError, match="could not download"):
+    """Content-Length larger than the body, a socket closed mid-body, or (no Content-Length, no
+    pinned hash) a checkpoint cut short, caught by its missing zip end record: no final file."""
+    with pytest.raises(DownloadError, match="could not download|not a complete torch checkpoint"):
         (server.root / "model.pt").write_bytes(PAYLOAD)
         hub.resolve_file("model.pt", f"{server.url}/{kind}/model.pt")  # no sha: size check alone
     assert _leftovers(cache) == []

@@ -106,6 +106,52 @@ def test_tagger_reset_classifier_saves_and_reloads(tmp_path):
     np.testing.assert_allclose(reloaded(waveform, training=False)["logits"], out["logits"], atol=1e-6)
 
 
+def test_model_folder_write_keeps_exports_and_survives_an_interrupted_write(tmp_path, monkeypatch):
+    """`convert` and `export` share saved_models/<name>/: rewriting the model must keep 1/ and
+    tflite/; a write killed before its manifest lands leaves the earlier model loadable."""
+    from eat_keras.models import saving
+
+    folder = tmp_path / "mn"
+    (folder / "1").mkdir(parents=True)
+    (folder / "tflite").mkdir()
+    (folder / "tflite" / "mn_1s_float32.tflite").write_bytes(b"exported")
+    first = build_tagger(ModelConfig(width_mult=0.1, num_classes=2), class_names=["a", "b"])
+    second = build_tagger(ModelConfig(width_mult=0.1, num_classes=2), class_names=["c", "d"])
+    waveform = np.random.default_rng(0).normal(0, 0.1, [1, 32000]).astype(np.float32)
+    saving.save_tagger(first, folder)
+    saving.save_tagger(second, folder)
+    assert (folder / "tflite" / "mn_1s_float32.tflite").read_bytes() == b"exported" and (folder / "1").is_dir()
+    assert len(list(folder.glob("weights-*.index"))) == 1  # the first checkpoint is gone
+    reloaded = saving.load_tagger_dir(folder)
+    assert reloaded.class_names == ["c", "d"]
+    np.testing.assert_allclose(reloaded(waveform)["logits"], second(waveform)["logits"], atol=1e-6)
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(saving.os, "replace", killed)  # dies between the checkpoint and the manifest
+    with pytest.raises(KeyboardInterrupt):
+        saving.save_tagger(first, folder)
+    monkeypatch.undo()
+    reloaded = saving.load_tagger_dir(folder)
+    assert reloaded.class_names == ["c", "d"]
+    np.testing.assert_allclose(reloaded(waveform)["logits"], second(waveform)["logits"], atol=1e-6)
+
+
+def test_model_folders_written_before_checkpoint_prefixes_still_load(tmp_path):
+    import json
+
+    from eat_keras.models.saving import MANIFEST, load_tagger_dir, save_tagger
+
+    tagger = build_tagger(ModelConfig(width_mult=0.1, num_classes=2), class_names=["a", "b"])
+    folder = save_tagger(tagger, tmp_path / "old")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    for path in folder.glob(f"{manifest.pop('weights')}.*"):  # the layout before: weights.index, ...
+        path.rename(folder / ("weights" + path.name[path.name.index(".") :]))
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    assert load_tagger_dir(folder).class_names == ["a", "b"]
+
+
 @pytest.mark.parametrize("kernel, stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
 @pytest.mark.parametrize("depthwise", [True, False])
 @pytest.mark.parametrize("height, width", [(8, 10), (7, 9), (6, 13)])

@@ -87,6 +87,16 @@ def test_label_file_is_parsed_and_counted_for_every_artifact(artifacts, tmp_path
             load_runner(path, two)
 
 
+def test_label_file_wins_over_a_stale_labels_txt_beside_the_tflite(artifacts, tmp_path):
+    # e.g. a later export of another model under the same name replaced labels.txt
+    copy = tmp_path / artifacts["tflite"].name
+    copy.write_bytes(artifacts["tflite"].read_bytes())
+    (tmp_path / "labels.txt").write_text("".join(f"class {i}\n" for i in range(527)))
+    with pytest.raises(EatKerasError, match="527 labels for a 3-class model"):
+        load_runner(copy)
+    assert load_runner(copy, artifacts["labels"]).class_names == ["Dog", "Rain", "Crying, sobbing"]
+
+
 def test_tag_through_a_file_whose_window_is_not_a_round_float(artifacts, capsys):
     assert main(["tag", str(artifacts["audio"]), "--model", str(artifacts["tflite"]), "--json", "--top-k", "1"]) == 0
     windows = json.loads(capsys.readouterr().out)["results"][0]["windows"]
@@ -103,6 +113,8 @@ def test_tag_through_a_file_whose_window_is_not_a_round_float(artifacts, capsys)
         (["--window", "2", "--hop", "0"], "hop must be positive"),
         (["--window", "2", "--hop", "-1"], "hop must be positive"),
         (["--window", "2", "--hop", "0.00001"], "hop must be positive"),
+        (["--window", "2", "--hop", "nan"], "finite number of seconds"),
+        (["--window", "inf"], "finite number of seconds"),
         (["--top-k", "0"], "--top-k must be at least 1"),
     ],
 )
@@ -131,6 +143,26 @@ def test_model_errors_are_one_line(artifacts, tmp_path, capsys):
         assert main(args) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (args, err)
+
+
+def test_a_folder_named_like_a_preset_does_not_hide_the_preset(artifacts, tmp_path, monkeypatch):
+    """`eat-keras export mn04_as --out .` leaves ./mn04_as/1/; the next `export mn04_as` (or `tag
+    --model mn04_as`) in that directory still means the preset."""
+    from eat_keras import loading
+
+    (tmp_path / "mn04_as" / "1").mkdir(parents=True)
+    (tmp_path / "mn04_as" / "1" / "saved_model.pb").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    asked = []
+
+    def preset_lookup(name):  # stands in for the weight download that would follow
+        asked.append(name)
+        raise EatKerasError("preset lookup reached")
+
+    monkeypatch.setattr(loading, "get_preset", preset_lookup)
+    with pytest.raises(EatKerasError, match="preset lookup reached"):
+        loading.load_tagger("mn04_as")
+    assert asked == ["mn04_as"]
 
 
 def test_existing_version_is_also_a_file_exists_error():

@@ -401,8 +401,14 @@ def test_a_failed_start_leaves_the_folder_unclaimed(shared_dir, tmp_path, change
 
 def test_a_folder_without_a_finished_epoch_takes_a_new_configuration(shared_dir, tmp_path):
     run = _RunFolder(tmp_path)
-    run.claim(_config(shared_dir), resuming=False)
-    run.claim(_config(shared_dir, batch_size=4), resuming=False)  # e.g. retried after running out of memory
+    run.claim(_config(shared_dir))
+    run.claim(_config(shared_dir, batch_size=4))  # e.g. retried after running out of memory
     assert json.loads(run.config.read_text())["batch_size"] == 4
+    # a finished run whose checkpoints were deleted still holds its results (log.csv, best/)
+    run.log.write_text("epoch\n1\n")
     with pytest.raises(EatKerasError, match="another configuration .*batch_size"):
-        run.claim(_config(shared_dir), resuming=True)
+        run.claim(_config(shared_dir))
+    run.log.unlink()
+    run.best.mkdir()
+    with pytest.raises(EatKerasError, match="another configuration .*batch_size"):
+        run.claim(_config(shared_dir))

@@ -181,3 +181,19 @@ def test_invalid_sidecar_values_are_a_config_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"frontend": {"n_mels": 0}}))
     with pytest.raises(EatKerasError, match="n_mels=0"):
         resolve_config({}, tmp_path / "w.pt", None)
+    (tmp_path / "config.json").write_text(json.dumps({"strides": 2211}))
+    with pytest.raises(ConfigError, match="config.json: strides must be a list"):
+        resolve_config({}, tmp_path / "w.pt", None)
+
+
+def test_label_type_from_the_sidecar_or_else_from_the_class_count(tmp_path):
+    import json
+
+    from eat_keras.weights.architecture import resolve_config
+
+    assert resolve_config({"num_classes": 527}, tmp_path / "w.pt", None).label_type == "multi_label"
+    assert resolve_config({"num_classes": 10}, tmp_path / "w.pt", None).label_type == "single_label"
+    (tmp_path / "config.json").write_text(json.dumps({"label_type": "multi_label"}))
+    assert resolve_config({"num_classes": 10}, tmp_path / "w.pt", None).label_type == "multi_label"
+    overridden = resolve_config({"num_classes": 10}, tmp_path / "w.pt", {"label_type": "single_label"})
+    assert overridden.label_type == "single_label"

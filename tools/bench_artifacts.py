@@ -137,10 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             infer += f" (10 s), {1000 * r['median_1s']:.1f} (1 s)"
             first += f" (10 s), {1000 * r['first_1s']:.1f} (1 s)"
         lines.append(f"| {r['artifact']} | {r['size_mb']:.2f} | {1000 * r['load_s']:.0f} | {first} | {infer} |")
-    runtimes = sorted({(r["runtime"], round(r["import_s"], 2)) for r in rows}, key=lambda t: t[0])
-    imports = {}
-    for runtime, seconds in runtimes:
-        imports.setdefault(runtime, []).append(seconds)
+    imports: dict[str, list[float]] = {}  # every probe's import time, per runtime (no dedup, no rounding)
+    for r in sorted(rows, key=lambda r: r["runtime"]):
+        imports.setdefault(r["runtime"], []).append(r["import_s"])
     lines.append("")
     lines.append("Runtime import (not in the load column): " + ", ".join(
         f"{k} {1000 * float(np.median(v)):.0f} ms" for k, v in imports.items()))

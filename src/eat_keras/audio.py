@@ -12,6 +12,7 @@ Every failure a user can cause (missing, empty, corrupt or non-finite file) beco
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +21,17 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from eat_keras.errors import AudioError
+from eat_keras.errors import AudioError, ConfigError
 
-__all__ = ["SAMPLE_RATE", "AudioFileSignal", "check_min_length", "load_audio", "open_audio", "resample"]
+__all__ = [
+    "SAMPLE_RATE",
+    "AudioFileSignal",
+    "check_min_length",
+    "load_audio",
+    "open_audio",
+    "resample",
+    "seconds_to_samples",
+]
 
 #: The sample rate every EfficientAT model was trained on.
 SAMPLE_RATE = 32000
@@ -30,6 +39,13 @@ SAMPLE_RATE = 32000
 STREAM_MIN_SECONDS = 60.0
 #: what libsndfile and soundfile raise on a file they cannot decode
 _DECODE_ERRORS = (sf.SoundFileError, RuntimeError, OSError, ValueError, TypeError)
+
+
+def seconds_to_samples(seconds: float, sample_rate: int) -> int:
+    """A duration in whole samples, rounded: ``int()`` would make 2.01 s at 32 kHz 64319 samples."""
+    if not math.isfinite(seconds):
+        raise ConfigError(f"a duration must be a finite number of seconds, got {seconds}")
+    return int(round(seconds * sample_rate))
 
 
 def _one_line(text: str) -> str:

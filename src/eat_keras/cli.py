@@ -128,7 +128,7 @@ def _format_text(path: str, results: list, windowed: bool) -> str:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from eat_keras.audio import SAMPLE_RATE, open_audio
+    from eat_keras.audio import SAMPLE_RATE, open_audio, seconds_to_samples
     from eat_keras.tagging import prepare_waveform, tag_waveform, tag_with, window_samples
 
     model = Path(args.model)
@@ -144,7 +144,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
         runner = load_runner(model, args.labels)
         sr = SAMPLE_RATE
         fixed = runner.window_samples
-        if fixed is not None and args.window is not None and int(round(args.window * sr)) != fixed:
+        if fixed is not None and args.window is not None and seconds_to_samples(args.window, sr) != fixed:
             raise EatKerasError(f"{model.name} takes windows of {fixed / sr:g} s; --window {args.window:g} differs")
         window = fixed / sr if fixed is not None else args.window
 
@@ -279,7 +279,7 @@ def _clip_samples(runners, clip_seconds: float | None) -> int:
     """Evaluation window: a fixed artifact input wins, then --clip-seconds, then the fine-tuned
     model's training clip length (recorded in model folders, SavedModels and TFLite files), then
     10 s (AudioSet clips)."""
-    from eat_keras.audio import SAMPLE_RATE
+    from eat_keras.audio import SAMPLE_RATE, seconds_to_samples
 
     fixed = {r.window_samples for r in runners if r.window_samples}
     if len(fixed) > 1:
@@ -288,7 +288,7 @@ def _clip_samples(runners, clip_seconds: float | None) -> int:
         return fixed.pop()
     if clip_seconds is None:
         clip_seconds = next((r.clip_seconds for r in runners if r.clip_seconds), None)
-    return int(round((clip_seconds or 10.0) * SAMPLE_RATE))
+    return seconds_to_samples(clip_seconds or 10.0, SAMPLE_RATE)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--folds", nargs="+", help="only these folds of a manifest")
         p.add_argument("--clip-seconds", type=float, help="evaluation window (default: the training clip length)")
         p.add_argument("--batch-size", type=int, default=16)
-        p.add_argument("--labels", help="class-name file for artifacts without names")
+        p.add_argument("--labels", help="class-name file (CSV index,mid,display_name or one name per line); overrides the artifacts' own")
         p.set_defaults(func=cmd_evaluate if name == "evaluate" else cmd_verify)
 
     p = sub.add_parser("presets", help="list the pretrained models")

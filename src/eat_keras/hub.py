@@ -19,6 +19,7 @@ import secrets
 import sys
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -205,6 +206,13 @@ def _download(
             raise DownloadError(
                 f"downloaded {url} has sha256 {actual}, expected {sha256} "
                 f"({received} bytes); the file was deleted"
+            )
+        if sha256 is None and dest.suffix == ".pt" and not zipfile.is_zipfile(tmp):
+            # no hash to check and maybe no Content-Length: a torch checkpoint is a zip, and a body
+            # cut short lacks the zip's end record
+            raise DownloadError(
+                f"downloaded {url} is not a complete torch checkpoint ({received} bytes, no zip end "
+                f"record); the file was deleted; {hint}"
             )
         os.replace(tmp, dest)
         ok = True

@@ -15,7 +15,7 @@ from eat_keras import hub, labels
 from eat_keras.errors import EatKerasError, WeightFileError
 from eat_keras.models import AudioTagger
 from eat_keras.models.saving import MANIFEST, is_model_dir, load_tagger_dir
-from eat_keras.presets import get_preset
+from eat_keras.presets import PRESETS, get_preset
 from eat_keras.weights.architecture import AUDIOSET_CLASSES, TENSOR_DETERMINED_FIELDS
 from eat_keras.weights.loader import is_weight_file, load_tagger_from_file
 
@@ -57,7 +57,7 @@ def load_tagger(
                 "--weights apply to presets and .pt/.onnx files"
             )
         tagger = load_tagger_dir(path)
-    elif path.is_dir():
+    elif path.is_dir() and str(model) not in PRESETS:  # e.g. `export mn04_as --out .` made ./mn04_as
         raise EatKerasError(_not_a_model_folder(path))
     else:
         if is_weight_file(path):

@@ -71,11 +71,6 @@ class KerasRunner:
         return self._fn(tf.constant(waveforms, tf.float32))["logits"].numpy()
 
 
-def _class_names(labels_file: str | Path | None, own: list[str], num_classes: int) -> list[str]:
-    """An explicit label file (checked against the output size), else the artifact's own names."""
-    return read_class_names(labels_file, num_classes) if labels_file is not None else own
-
-
 class SavedModelRunner:
     window_samples = None
     logits_exact = True
@@ -87,7 +82,7 @@ class SavedModelRunner:
         self._serve = self._module.signatures["serving_default"]
         self.name = f"saved_model:{path}"
         own = [n.decode() for n in self._module.class_names().numpy()]
-        self.class_names = _class_names(labels_file, own, len(own))
+        self.class_names = read_class_names(labels_file, len(own)) if labels_file is not None else own
         self.label_type = self._module.label_type.numpy().decode()
         # 0 (or, in older exports, no variable at all) where the clip length is unknown
         clip_seconds = getattr(self._module, "clip_seconds", None)
@@ -134,9 +129,10 @@ class TFLiteRunner:
         self.clip_seconds = settings.get("clip_seconds")
         self._scores_label_type = self.label_type or "multi_label"
         self.logits_exact = self._outputs_logits or self._scores_label_type == "multi_label"
-        beside = Path(path).with_name(LABEL_LIST_FILE)  # written next to the file by `eat-keras export`
-        own = read_class_names(beside, num_classes) if beside.is_file() else []
-        self.class_names = _class_names(labels_file, own, num_classes)
+        # an explicit file, else the one `eat-keras export` writes beside the .tflite
+        beside = Path(path).with_name(LABEL_LIST_FILE)
+        labels = labels_file if labels_file is not None else (beside if beside.is_file() else None)
+        self.class_names = read_class_names(labels, num_classes) if labels is not None else []
 
     def _run(self, waveforms: np.ndarray, output: int) -> np.ndarray:
         rows = []

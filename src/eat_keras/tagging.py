@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from eat_keras.audio import check_min_length
+from eat_keras.audio import check_min_length, seconds_to_samples
 from eat_keras.errors import EatKerasError
 
 if TYPE_CHECKING:  # tagging through a .tflite file must not import TensorFlow
@@ -49,18 +49,18 @@ def prepare_waveform(waveform: np.ndarray, sample_rate: int, path: str | None, p
 
 
 def window_samples(window_s: float, hop_s: float | None, sample_rate: int, fixed_window: bool = False) -> tuple[int, int]:
-    """Window and hop in samples, rounded (``int()`` would turn 2.01 s into 64319 samples).
+    """Window and hop in samples (:func:`~eat_keras.audio.seconds_to_samples`).
 
     Raises:
-        EatKerasError: a window shorter than :data:`MIN_SECONDS` (unless the artifact fixes it), or
-            a hop that is not positive (None means the window length).
+        EatKerasError: a window shorter than :data:`MIN_SECONDS` (unless the artifact fixes it), a
+            hop that is not positive (None means the window length), or a non-finite length.
     """
-    window = int(round(window_s * sample_rate))
+    window = seconds_to_samples(window_s, sample_rate)
     if not fixed_window and window < int(MIN_SECONDS * sample_rate):
         raise EatKerasError(f"windows must be at least {MIN_SECONDS:g} s long; got {window_s:g} s")
     if hop_s is None:
         return window, window
-    hop = int(round(hop_s * sample_rate))
+    hop = seconds_to_samples(hop_s, sample_rate)
     if hop < 1:
         raise EatKerasError(f"the hop must be positive; got {hop_s:g} s")
     return window, hop
@@ -137,8 +137,6 @@ def tag_with(
     ``scores_fn`` gets is refilled for the next call: copy it to keep it.
     """
     sr = sample_rate
-    if top_k < 1:
-        raise EatKerasError(f"top-k must be at least 1; got {top_k}")
     if window_s is None:
         scores = scores_fn(waveform[np.newaxis].astype(np.float32))[0]
         return [WindowResult(0.0, len(waveform) / sr, top_labels(scores, class_names, top_k), scores)]

@@ -50,6 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from eat_keras import __version__
+from eat_keras.audio import seconds_to_samples
 from eat_keras.labels import LABEL_LIST_FILE, write_label_list
 from eat_keras.errors import EatKerasError
 from eat_keras.frontend import FrontendConfig, log_mel_spectrogram
@@ -374,7 +375,7 @@ def _selectively_quantize(
 
 
 def window_samples(seconds: float, config: FrontendConfig) -> int:
-    samples = int(round(seconds * config.sample_rate))
+    samples = seconds_to_samples(seconds, config.sample_rate)
     if samples < config.min_samples:
         raise TFLiteExportError(f"window of {seconds:g} s is too short ({samples} samples)")
     return samples

@@ -1,16 +1,15 @@
 """The eat-keras model folder: ``eat_keras.json`` (config, class names, provenance) + TF checkpoint.
 
-It is what ``eat-keras convert`` writes and what ``--model DIR`` reads. A folder is written under
-a temporary name and renamed into place, so an interrupted write never leaves a half model under
-the final name.
+It is what ``eat-keras convert`` writes and what ``--model DIR`` reads. The manifest names the
+checkpoint and is replaced last, in one rename, so an interrupted write never leaves a half model
+(see :func:`save_tagger`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,34 +33,35 @@ def save_tagger(
     source: str | None = None,
     training: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``tagger`` to ``out_dir`` (replaced atomically if it exists). ``training`` records how
-    a fine-tuned model was trained (e.g. its clip length, which evaluation reuses)."""
+    """Write ``tagger`` to ``out_dir``; ``training`` records how a fine-tuned model was trained (e.g.
+    its clip length, which evaluation reuses).
+
+    The checkpoint goes under a fresh prefix and the manifest, which names it, is swapped in last
+    (one atomic rename): an interrupted write leaves the earlier model whole. Only model files are
+    replaced: whatever else the folder holds (``eat-keras export`` writes ``1/`` and ``tflite/``
+    into ``saved_models/<name>/`` too) is kept.
+    """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        manifest: dict[str, Any] = {
-            "format": FORMAT_VERSION,
-            "eat_keras_version": __version__,
-            "config": tagger.config.to_dict(),
-            "class_names": tagger.class_names,
-            "source": source,
-            # the clip length travels with the model (convert of a fine-tuned folder keeps it)
-            "training": {**({"clip_seconds": tagger.clip_seconds} if tagger.clip_seconds else {}), **(training or {})},
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        tagger.save_weights(str(staging / WEIGHTS_PREFIX))
-        if out_dir.exists():
-            # rename the old folder away first: os.replace cannot replace a non-empty directory
-            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, trash / "old")
-            os.replace(staging, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = f"{WEIGHTS_PREFIX}-{uuid.uuid4().hex[:12]}"
+    manifest: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "eat_keras_version": __version__,
+        "config": tagger.config.to_dict(),
+        "class_names": tagger.class_names,
+        "source": source,
+        "weights": prefix,
+        # the clip length travels with the model (convert of a fine-tuned folder keeps it)
+        "training": {**({"clip_seconds": tagger.clip_seconds} if tagger.clip_seconds else {}), **(training or {})},
+    }
+    tagger.save_weights(str(out_dir / prefix))
+    partial = out_dir / f".{MANIFEST}.partial"
+    partial.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(partial, out_dir / MANIFEST)
+    # earlier checkpoints (and orphans of interrupted writes): weights.* (before prefixes) or weights-*
+    for old in out_dir.glob(f"{WEIGHTS_PREFIX}[.-]*"):
+        if not old.name.startswith(f"{prefix}."):
+            old.unlink()
     return out_dir
 
 
@@ -84,7 +84,8 @@ def load_tagger_dir(model_dir: str | Path) -> AudioTagger:
     tagger = AudioTagger(config, class_names=manifest.get("class_names"), clip_seconds=clip_seconds)
     tagger.build_for_inference()
     try:
-        tagger.load_weights(str(model_dir / WEIGHTS_PREFIX)).assert_existing_objects_matched()
+        prefix = manifest.get("weights", WEIGHTS_PREFIX)  # folders written before prefixes: "weights"
+        tagger.load_weights(str(model_dir / prefix)).assert_existing_objects_matched()
     except (ValueError, AssertionError, OSError) as exc:
         raise WeightFileError(f"{model_dir}: weights do not match its eat_keras.json: {exc}") from exc
     return tagger

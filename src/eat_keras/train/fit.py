@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from eat_keras.audio import seconds_to_samples
 from eat_keras.errors import EatKerasError
 from eat_keras.frontend import FrontendConfig
 from eat_keras.loading import load_tagger
@@ -205,15 +206,20 @@ class _RunFolder:
         """The checkpoint a start resumes from; ``None`` while no epoch has finished."""
         return tf.train.latest_checkpoint(str(self.checkpoints)) if self.checkpoints.is_dir() else None
 
-    def claim(self, config: FinetuneConfig, resuming: bool) -> None:
-        """Record the configuration; when resuming, check it against the run's.
+    def holds_training(self) -> bool:
+        """Whether any epoch of this folder's run finished: a checkpoint, a logged epoch or ``best/``
+        (a finished run whose checkpoints were deleted still holds its results)."""
+        return self.latest_checkpoint() is not None or self.log.exists() or self.best.exists()
 
-        Before the first checkpoint the folder holds no training, so a start that failed (or was
+    def claim(self, config: FinetuneConfig) -> None:
+        """Record the configuration; once the folder holds training, check it against the run's.
+
+        Before the first epoch finishes the folder holds no training, so a start that failed (or was
         stopped) then may be retried with other settings: the new configuration replaces the old.
         """
         self.root.mkdir(parents=True, exist_ok=True)
         wanted = config.to_dict()
-        if resuming and self.config.exists():
+        if self.holds_training() and self.config.exists():
             earlier = json.loads(self.config.read_text())
             if earlier != wanted:
                 changed = sorted(k for k in set(earlier) | set(wanted) if earlier.get(k) != wanted.get(k))
@@ -343,12 +349,12 @@ def finetune(
     )
     base = load_tagger(config.model, config.weights, with_class_names=False)
     sample_rate = base.config.frontend.sample_rate
-    clip_samples = int(round(config.clip_seconds * sample_rate))
+    clip_samples = seconds_to_samples(config.clip_seconds, sample_rate)
     cache.load_all(e.path for side in splits.values() for e in side)  # an undecodable file fails now
 
     run = _RunFolder(Path(out_dir))
     resuming = run.latest_checkpoint() is not None
-    run.claim(config, resuming)
+    run.claim(config)
     say(run.record_split(splits, resuming))
 
     with strategy.scope():

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from eat_keras.errors import ArchitectureMismatchError
+from eat_keras.errors import ArchitectureMismatchError, ConfigError
 from eat_keras.frontend import FrontendConfig
 from eat_keras.models.blocks import block_specs
 from eat_keras.models.config import ModelConfig
@@ -79,7 +79,6 @@ def infer_config_from_state(state: Mapping[str, np.ndarray], source: str) -> dic
     else:
         raise ArchitectureMismatchError(f"{source}: no classifier tensors (classifier.*) found")
     fields["num_classes"] = classes
-    fields["label_type"] = default_label_type(classes)
     return fields
 
 
@@ -112,7 +111,11 @@ def sidecar_config(path: Path) -> dict[str, Any]:
                 continue
             if not isinstance(data, dict) or not model_keys & set(data):
                 continue
-            fields = {k: (tuple(v) if k == "strides" else v) for k, v in data.items() if k in model_keys}
+            fields = {k: v for k, v in data.items() if k in model_keys}
+            if "strides" in fields:
+                if not isinstance(fields["strides"], list):
+                    raise ConfigError(f"{candidate}: strides must be a list such as [2, 2, 1, 1], got {fields['strides']!r}")
+                fields["strides"] = tuple(fields["strides"])
             if isinstance(fields.get("frontend"), dict):
                 fields["frontend"] = {k: v for k, v in fields["frontend"].items() if k in frontend_keys}
             else:
@@ -139,4 +142,6 @@ def resolve_config(
             fe = fe.to_dict()
         frontend.update(fe or {})
         fields.update({k: v for k, v in layer.items() if v is not None})
+    # not a tensor fact: the class count only suggests it, any layer above may say otherwise
+    fields.setdefault("label_type", default_label_type(int(fields.get("num_classes", AUDIOSET_CLASSES))))
     return ModelConfig(**fields, frontend=FrontendConfig(**frontend))

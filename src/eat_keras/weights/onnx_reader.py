@@ -32,7 +32,7 @@ import numpy as np
 
 from eat_keras.errors import ArchitectureMismatchError, WeightFileError
 from eat_keras.models.dymn import REPLACE_SE_DYNAMIC_BLOCKS
-from eat_keras.weights.architecture import default_label_type, width_from_channels
+from eat_keras.weights.architecture import width_from_channels
 from eat_keras.weights.mapping import (
     BN,
     CONSTANT,
@@ -358,7 +358,6 @@ def infer_config_from_ops(ops: Sequence[ParametricOp], source: str) -> dict[str,
         "num_classes": classes,
         "strides": strides,
         "dilated": dilated,
-        "label_type": default_label_type(classes),
     }
     if dynamic:
         dynamic_blocks = sum(op.depthwise for op in dynamic)
