@@ -14,7 +14,7 @@ import tf_keras
 
 from conftest import CLIPS
 from eat_keras.errors import ArchitectureMismatchError
-from eat_keras.layers import ContextGenerator, CoordinateAttention, DynamicConv, DynamicReLU
+from eat_keras.layers import ContextGenerator, CoordinateAttention, DynamicConv, DynamicReLU, builtin_ops_only
 from eat_keras.models import EfficientATNet, ModelConfig, count_parameters
 from eat_keras.models.blocks import InvertedResidual
 from eat_keras.models.dymn import DynamicInvertedResidual, context_size
@@ -101,8 +101,11 @@ def _dynamic_conv_reference(layer: DynamicConv, x: np.ndarray, context: np.ndarr
     ],
 )
 @pytest.mark.parametrize("temperature", [1.0, 30.0])
-@pytest.mark.parametrize("batch", [3, 1])  # a static batch of 1 aggregates the depthwise kernel first
-def test_dynamic_conv_equals_per_sample_kernel_conv(depthwise, kernel, stride, freq, time, temperature, batch):
+@pytest.mark.parametrize(
+    "batch, builtin_only",  # the three depthwise forms: batch folded into channels, TFLite's two
+    [(3, False), (3, True), (1, False)],
+)
+def test_dynamic_conv_equals_per_sample_kernel_conv(depthwise, kernel, stride, freq, time, temperature, batch, builtin_only):
     rng = np.random.default_rng(0)
     channels, context_dim = 6, 5
     filters = channels if depthwise else 4
@@ -111,7 +114,11 @@ def test_dynamic_conv_equals_per_sample_kernel_conv(depthwise, kernel, stride, f
     context = rng.standard_normal((batch, context_dim)).astype(np.float32) * 3.0
     layer(x, context)
     _randomise(layer, rng)
-    got = layer(x, context).numpy()
+    if builtin_only:
+        with builtin_ops_only():
+            got = layer(x, context).numpy()
+    else:
+        got = layer(x, context).numpy()
     want = _dynamic_conv_reference(layer, x, context)
     p = (kernel - 1) // 2
     assert got.shape == (batch, (freq + 2 * p - kernel) // stride + 1, (time + 2 * p - kernel) // stride + 1, filters)
@@ -410,7 +417,9 @@ def test_one_tflite_graph_serves_any_batch_and_length(dymn_imported, golden_logm
         lambda mel: net(mel, training=False)["logits"],
         input_signature=[tf.TensorSpec([None, 128, None, 1], tf.float32)],
     )
-    interpreter = _builtin_only_interpreter(serve.get_concrete_function())
+    with builtin_ops_only():  # traced for TFLite builtins (in TF, the batch is folded into channels)
+        concrete = serve.get_concrete_function()
+    interpreter = _builtin_only_interpreter(concrete)
     odd = np.concatenate([golden_logmel[c][:, :, 300:437] for c in CLIPS[:3]])  # batch 3, 137 frames
     for mel in (golden_logmel["music"], odd):
         np.testing.assert_allclose(_invoke(interpreter, mel), serve(mel).numpy(), atol=1e-3)

@@ -3,8 +3,9 @@
     python tools/bench_dymn.py                 # model table, batch 1 and 8
     python tools/bench_dymn.py --formulations  # also the DynamicConv alternatives (slow)
 
-Both models run in the same process as ``tf.function`` with a fixed input signature, warmed up, then
-timed alternately (mn04, dymn04, mn04, ...) so that machine noise hits both equally; the median is
+Both models run in the same process as ``tf.function`` with an any-batch input signature (as in the
+SavedModel: a batch fixed at 1 would take DynamicConv's TFLite-only branch), warmed up, then timed
+alternately (mn04, dymn04, mn04, ...) so that machine noise hits both equally; the median is
 reported. Weights are random: latency does not depend on their values.
 """
 
@@ -52,7 +53,7 @@ def bench_models(batches: list[int], runs: int, warmup: int) -> None:
         for name, tagger in taggers.items():
             fn = tf.function(
                 lambda w, t=tagger: t(w, training=False)["logits"],
-                input_signature=[tf.TensorSpec([batch, SAMPLE_RATE * CLIP_SECONDS], tf.float32)],
+                input_signature=[tf.TensorSpec([None, SAMPLE_RATE * CLIP_SECONDS], tf.float32)],
             )
             for _ in range(warmup):
                 fn(waveform).numpy()
@@ -130,11 +131,13 @@ def bench_formulations(batches: list[int], runs: int, warmup: int) -> None:
     for batch in batches:
         totals: dict[str, float] = {}
 
-        def add(label: str, fn: Callable[..., tf.Tensor], *args: object) -> None:
-            f = tf.function(fn)
+        def add(label: str, fn: Callable[..., tf.Tensor], x: tf.Tensor, *rest: object) -> None:
+            # the batch traced as unknown, as in the SavedModel (batch 1 would pick TFLite's branch)
+            spec = tf.TensorSpec([None, *x.shape[1:]], x.dtype)
+            f = tf.function(lambda x: fn(x, *rest), input_signature=[spec])
             for _ in range(warmup):
-                f(*args)
-            totals[label] = totals.get(label, 0.0) + _median_ms([_timed(lambda: f(*args)) for _ in range(runs)])
+                f(x)
+            totals[label] = totals.get(label, 0.0) + _median_ms([_timed(lambda: f(x)) for _ in range(runs)])
 
         freq, frames = 64, SAMPLE_RATE * CLIP_SECONDS // 320 // 2  # after the stem: 64 x 500
         for spec in block_specs(0.4):

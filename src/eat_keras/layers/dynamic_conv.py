@@ -9,12 +9,18 @@ result is obtained exactly, for any batch and length, with ops that TFLite has a
 * **1x1 (expand / project): aggregate, then batched matmul.** ``W_b = Σ_k a[b,k] W_k`` is one small
   ``[B, K] @ [K, C_in·C_out]`` matmul; the conv is ``[B, F·T, C_in] @ [B, C_in, C_out]``
   (BATCH_MATMUL). Same MACs as a static 1x1 conv.
-* **depthwise kxk: all K kernels at once, then contract.** One static ``DepthwiseConv2D`` with
-  ``depth_multiplier=K`` (TF orders its outputs ``c·K + k``) gives ``[B, F', T', C·K]``; viewed as
-  ``[B, F'·T'·C, K]`` it is contracted with the attention ``[B, K, 1]`` by a batched matmul. K× the
-  MACs of a static depthwise conv, yet the fastest builtin-only, any-batch variant measured.
-  Where the batch is fixed at 1 (the exported TFLite files), the kernel is aggregated first and one
-  depthwise conv runs with that runtime filter: LiteRT has it as a builtin, and it is far faster there.
+* **depthwise kxk**, by where the graph runs:
+
+  - a batch fixed at 1 (the exported TFLite files): the kernel is aggregated first and one depthwise
+    conv runs with that runtime filter; LiteRT has it as a builtin, and it is far faster there;
+  - any batch in TensorFlow (SavedModel, Keras, training): upstream's own formulation, the batch
+    folded into the channels and one depthwise conv with the ``B·C`` per-sample filters: the
+    fastest in TF, but not a TFLite builtin for a dynamic batch (see the end of this docstring);
+  - any batch, TFLite builtins only (traced inside :func:`builtin_ops_only`, for converting an
+    any-batch graph to TFLite): all K kernels at once, then contract. One static ``DepthwiseConv2D``
+    with ``depth_multiplier=K`` (TF orders its outputs ``c·K + k``) gives ``[B, F', T', C·K]``;
+    viewed as ``[B, F'·T'·C, K]`` it is contracted with the attention ``[B, K, 1]`` by a batched
+    matmul. K× the MACs of a static depthwise conv, yet the fastest builtin-only, any-batch variant.
 
 Measured alternatives (dymn04 layer shapes for a 10 s clip, all 15 blocks summed, ``tf.function``,
 TF 2.21 on a shared 2-core CPU; medians of 20 runs; ``tools/bench_dymn.py --formulations``; run-to-run
@@ -34,19 +40,39 @@ dw: aggregate kernel, batch folded into C       23 ms      147 ms
 
 The last, fastest depthwise variant needs a runtime filter whose channel count is ``B·C``: with a
 dynamic batch the TFLite converter rejects it (``tf.DepthwiseConv2dNative`` falls back to Flex), so
-it cannot serve "any batch in one builtin-only graph".
+a graph meant for TFLite with a dynamic batch is traced inside :func:`builtin_ops_only`. Measured
+again with TF 2.21 on the AVX-512 2-core machine (batch 1 / 8; the "used" rows as the code runs
+them now, with the batch traced as unknown): K-wide conv + matmul 23.9 / 81.3 ms, batch folded into
+C 10.0 / 37.6 ms.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
 import tf_keras
 
 from eat_keras.layers.conv_bn import torch_padded_depthwise_conv
+
+_BUILTIN_OPS_ONLY = contextvars.ContextVar("eat_keras_builtin_ops_only", default=False)
+
+
+@contextlib.contextmanager
+def builtin_ops_only() -> Iterator[None]:
+    """Graphs traced inside use TFLite builtin ops only, also for a dynamic batch (DynamicConv's
+    depthwise then takes the K-wide conv + batched matmul form). Wrap the tracing
+    (``get_concrete_function``) of an any-batch graph that is to be converted to TFLite."""
+    token = _BUILTIN_OPS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _BUILTIN_OPS_ONLY.reset(token)
 
 DEFAULT_NUM_KERNELS = 4
 
@@ -128,21 +154,33 @@ class DynamicConv(tf_keras.layers.Layer):
         return tf.reshape(y, [batch, shape[1], shape[2], self.filters])
 
     def _depthwise(self, x: tf.Tensor, attention: tf.Tensor) -> tf.Tensor:
+        """Aggregate the K kernels per sample, then one depthwise conv with those runtime filters."""
         conv = functools.partial(torch_padded_depthwise_conv, strides=self.strides, dilation=self.dilation)
+        k, channels = self.kernel_size, self.filters
+        flat = tf.reshape(self.kernel, [k * k * channels, self.num_kernels])
         if x.shape[0] == 1:
-            # A batch fixed at 1 (the TFLite files' [1, N] input): aggregate the kernel first, one
-            # depthwise conv with a runtime filter. On LiteRT/XNNPACK 4-11x faster on dymn layer
-            # shapes than the K-wide conv + batched matmul below, whose [F'T'C, K] x [K, 1] matmul
-            # runs at a few GMAC/s; dymn10's 10 s file went from 42.5 to 23.2 ms (README, Speed).
-            k, channels = self.kernel_size, self.filters
-            flat = tf.reshape(self.kernel, [k * k * channels, self.num_kernels])
-            kernel = tf.reshape(tf.matmul(flat, attention, transpose_b=True), [k, k, channels, 1])
-            return conv(x, kernel)
-        y = conv(x, self.kernel)  # [B, F', T', C·K], channel c·K + k
-        shape = tf.shape(y)
+            # A batch fixed at 1 (the TFLite files' [1, N] input): a builtin DEPTHWISE_CONV_2D with a
+            # runtime filter; on LiteRT/XNNPACK 4-11x faster on dymn layer shapes than the K-wide
+            # conv + batched matmul; dymn10's 10 s file went from 42.5 to 23.2 ms.
+            return conv(x, tf.reshape(tf.matmul(flat, attention, transpose_b=True), [k, k, channels, 1]))
+        if _BUILTIN_OPS_ONLY.get():
+            y = conv(x, self.kernel)  # [B, F', T', C·K], channel c·K + k
+            shape = tf.shape(y)
+            y = tf.matmul(tf.reshape(y, [shape[0], -1, self.num_kernels]), tf.expand_dims(attention, -1))
+            return tf.reshape(y, [shape[0], shape[1], shape[2], self.filters])
+        # Any batch (SavedModel, Keras): upstream's grouped conv, the batch folded into the channels
+        # ([B, F, T, C] -> [1, F, T, B·C]) against the B·C per-sample filters. The TFLite converter
+        # cannot make this builtin for a dynamic batch (hence the branch above), but in TF it is
+        # 2.2x faster than the K-wide conv + batched matmul (dymn04, batch 8 x 10 s, all depthwise
+        # layers: 37.6 vs 81.3 ms, tools/bench_dymn.py --formulations).
+        shape = tf.shape(x)
         batch = shape[0]
-        y = tf.matmul(tf.reshape(y, [batch, -1, self.num_kernels]), tf.expand_dims(attention, -1))
-        return tf.reshape(y, [batch, shape[1], shape[2], self.filters])
+        per_sample = tf.reshape(tf.matmul(attention, flat, transpose_b=True), [batch, k, k, channels])
+        filters = tf.reshape(tf.transpose(per_sample, [1, 2, 0, 3]), [k, k, batch * channels, 1])
+        folded = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, shape[1], shape[2], batch * channels])
+        y = conv(folded, filters)
+        out = tf.shape(y)
+        return tf.transpose(tf.reshape(y, [out[1], out[2], batch, channels]), [2, 0, 1, 3])
 
     def call(self, x: tf.Tensor, context: tf.Tensor) -> tf.Tensor:
         attention = self.kernel_attention(context)
