@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from eat_keras.layers import DynamicConv
+from eat_keras.layers import DynamicConv, builtin_ops_only
 from eat_keras.models import build_tagger
 from eat_keras.models.blocks import block_specs
 from eat_keras.presets import get_preset
@@ -81,6 +81,12 @@ def _pointwise_stacked(x: tf.Tensor, attention: tf.Tensor, kernel: tf.Tensor) ->
     return tf.reduce_sum(y * attention[:, tf.newaxis, tf.newaxis, :, tf.newaxis], axis=3)
 
 
+def _builtin_ops_only_call(x: tf.Tensor, context: tf.Tensor, layer: DynamicConv) -> tf.Tensor:
+    """The layer as traced for an any-batch TFLite graph (its K-wide form)."""
+    with builtin_ops_only():
+        return layer(x, context)
+
+
 def _depthwise_multiply_sum(x: tf.Tensor, attention: tf.Tensor, layer: DynamicConv) -> tf.Tensor:
     """Depth multiplier K, then multiply by the attention and sum over K (5-D)."""
     p = (layer.kernel_size - 1) // 2
@@ -105,23 +111,6 @@ def _depthwise_shifted_slices(x: tf.Tensor, attention: tf.Tensor, layer: Dynamic
         for j in range(k):
             out += x[:, i : i + rows : s, j : j + cols : s, :] * per_sample[:, i : i + 1, j : j + 1, :]
     return out
-
-
-def _depthwise_batch_folded(x: tf.Tensor, attention: tf.Tensor, layer: DynamicConv) -> tf.Tensor:
-    """Upstream's trick: batch folded into channels, one depthwise conv with per-sample kernels.
-    Fast in TF, but TFLite cannot convert it with a dynamic batch (runtime filter of B·C channels)."""
-    k, s, c = layer.kernel_size, layer.strides, layer.filters
-    p = (k - 1) // 2
-    batch = tf.shape(x)[0]
-    flat = tf.reshape(tf.transpose(layer.kernel, [3, 0, 1, 2]), [NUM_KERNELS, -1])
-    per_sample = tf.reshape(tf.matmul(attention, flat), [batch, k, k, c])
-    filters = tf.reshape(tf.transpose(per_sample, [1, 2, 0, 3]), [k, k, batch * c, 1])
-    x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
-    shape = tf.shape(x)
-    folded = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, shape[1], shape[2], batch * c])
-    y = tf.nn.depthwise_conv2d(folded, filters, [1, s, s, 1], "VALID")
-    out_shape = tf.shape(y)
-    return tf.transpose(tf.reshape(y, [out_shape[1], out_shape[2], batch, c]), [2, 0, 1, 3])
 
 
 def bench_formulations(batches: list[int], runs: int, warmup: int) -> None:
@@ -157,11 +146,11 @@ def bench_formulations(batches: list[int], runs: int, warmup: int) -> None:
                 x = tf.constant(rng.standard_normal((batch, f_in, t_in, channels)).astype(np.float32))
                 layer(x, context)
                 kind = "dw" if layer.depthwise else "1x1"
-                add(f"{kind}: used (eat_keras DynamicConv)", lambda x, c, l=layer: l(x, c), x, context)
+                add(f"{kind}: the layer (eat_keras DynamicConv)", lambda x, c, l=layer: l(x, c), x, context)
                 if layer.depthwise:
+                    add("dw: depth multiplier K, matmul over K (builtin_ops_only)", _builtin_ops_only_call, x, context, layer)
                     add("dw: depth multiplier K, multiply + sum", _depthwise_multiply_sum, x, attention, layer)
                     add("dw: aggregate kernel, k² shifted slices", _depthwise_shifted_slices, x, attention, layer)
-                    add("dw: aggregate kernel, batch folded into C", _depthwise_batch_folded, x, attention, layer)
                 else:
                     add("1x1: static conv to K·C_out, weight, sum", _pointwise_stacked, x, attention, layer.kernel)
         print(f"batch {batch}:")

@@ -22,28 +22,25 @@ result is obtained exactly, for any batch and length, with ops that TFLite has a
     viewed as ``[B, F'·T'·C, K]`` it is contracted with the attention ``[B, K, 1]`` by a batched
     matmul. K× the MACs of a static depthwise conv, yet the fastest builtin-only, any-batch variant.
 
-Measured alternatives (dymn04 layer shapes for a 10 s clip, all 15 blocks summed, ``tf.function``,
-TF 2.21 on a shared 2-core CPU; medians of 20 runs; ``tools/bench_dymn.py --formulations``; run-to-run
-noise was up to ±30 %, the ranking never changed; the "used" rows include the attention
-Dense + softmax):
+Measured alternatives (dymn04 layer shapes for a 10 s clip, all 15 blocks summed, ``tf.function``
+with the batch traced as unknown, as in the SavedModel; TF 2.21 with oneDNN on the AVX-512 2-core
+machine; medians of 20 runs; ``tools/bench_dymn.py --formulations --batches 1 8``; run-to-run noise
+is up to ±30 %; the layer rows include the attention Dense + softmax):
 
-============================================  ==========  ==========
-formulation                                   batch 1     batch 8
-============================================  ==========  ==========
-1x1: static conv to K·C_out, weight, sum K      50 ms      542 ms
-1x1: aggregate kernel + batched matmul (used)   32 ms      139 ms
-dw: depth_multiplier K, multiply + sum over K   61 ms      535 ms
-dw: depth_multiplier K, matmul over K (used)    46 ms      359 ms
-dw: aggregate kernel, k² shifted slices         92 ms      840 ms
-dw: aggregate kernel, batch folded into C       23 ms      147 ms
-============================================  ==========  ==========
+===================================================  ==========  ==========
+formulation                                          batch 1     batch 8
+===================================================  ==========  ==========
+1x1: static conv to K·C_out, weight, sum K             41 ms      140 ms
+1x1: aggregate kernel + batched matmul (the layer)     21 ms       44 ms
+dw: depth_multiplier K, multiply + sum over K          42 ms      156 ms
+dw: depth_multiplier K, matmul over K (builtin-only)   34 ms      104 ms
+dw: aggregate kernel, k² shifted slices                70 ms      375 ms
+dw: aggregate kernel, batch folded into C (the layer)  13 ms       46 ms
+===================================================  ==========  ==========
 
-The last, fastest depthwise variant needs a runtime filter whose channel count is ``B·C``: with a
-dynamic batch the TFLite converter rejects it (``tf.DepthwiseConv2dNative`` falls back to Flex), so
-a graph meant for TFLite with a dynamic batch is traced inside :func:`builtin_ops_only`. Measured
-again with TF 2.21 on the AVX-512 2-core machine (batch 1 / 8; the "used" rows as the code runs
-them now, with the batch traced as unknown): K-wide conv + matmul 23.9 / 81.3 ms, batch folded into
-C 10.0 / 37.6 ms.
+The folded variant needs a runtime filter whose channel count is ``B·C``: with a dynamic batch the
+TFLite converter rejects it (``tf.DepthwiseConv2dNative`` falls back to Flex), so a graph meant for
+TFLite with a dynamic batch is traced inside :func:`builtin_ops_only`.
 """
 
 from __future__ import annotations
