@@ -8,6 +8,7 @@ machine) nor its memory (~600 MB): ``ai_edge_litert`` and numpy are all it loads
 from __future__ import annotations
 
 import json
+import mmap
 import warnings
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,15 @@ def read_settings(model: bytes | str | Path) -> dict[str, Any] | None:
         from ai_edge_litert import schema_py_generated as schema
     except ImportError:  # pragma: no cover - depends on the environment
         from tensorflow.lite.python import schema_py_generated as schema
-    data = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
-    root = schema.Model.GetRootAs(data, 0)
+    if isinstance(model, (bytes, bytearray)):
+        return _settings_in(schema.Model.GetRootAs(bytes(model), 0))
+    # mapped, not read: only the pages of the metadata table and the entry are touched (the
+    # interpreter has read the weights already)
+    with open(model, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return _settings_in(schema.Model.GetRootAs(data, 0))
+
+
+def _settings_in(root: Any) -> dict[str, Any] | None:
     for i in range(root.MetadataLength()):
         entry = root.Metadata(i)
         if entry.Name() == SETTINGS_METADATA.encode():
