@@ -16,6 +16,7 @@ from eat_keras.frontend import (
     log_mel_spectrogram,
     symmetric_hann_window,
 )
+from tolerances import OP_RTOL, assert_close
 
 TOL = 1e-4  # issue maximum; a faithful port measures ~1e-5
 
@@ -128,4 +129,5 @@ def test_graph_mode_any_length():
     )
     for n in (32000, 48123):
         wav = np.random.default_rng(n).standard_normal([2, n]).astype(np.float32)
-        np.testing.assert_allclose(fn(wav).numpy(), log_mel_spectrogram(wav).numpy(), atol=1e-6)
+        # traced vs eager: grappler may fuse or reorder the front-end's float32 ops
+        assert_close(fn(wav).numpy(), log_mel_spectrogram(wav).numpy(), OP_RTOL)

@@ -30,6 +30,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # `python -m tools.bench...` layout, whatever pytest's rootdir
     sys.path.insert(0, str(REPO_ROOT))
 
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # the float tolerances shared with tests/
+from tolerances import NETWORK_RTOL, OP_RTOL, assert_close  # noqa: E402
 from tools.bench.torch_reference import (  # noqa: E402
     DyMN,
     build_reference,
@@ -162,12 +164,22 @@ def test_export_gives_the_golden_onnx_graph(folder: str, tmp_path: Path) -> None
     assert (inputs, outputs) == (g_inputs, g_outputs)
     assert nodes == g_nodes
     assert sorted(inits) == sorted(g_inits)
-    assert max(float(np.abs(inits[k] - g_inits[k]).max(initial=0)) for k in inits) <= 1e-6
+    # The initialisers are torch's BatchNorm folding, computed on this CPU: a few roundings apart
+    # from golden's, made on another one.
+    for k in inits:
+        assert_close(inits[k], g_inits[k], OP_RTOL, what=k)
     x = _logmel("music_2s")
     a = ort.InferenceSession(str(mine)).run(None, {"input_values": x})[0]
-    b = ort.InferenceSession(str(golden)).run(None, {"input_values": x})[0]
+    # golden under ORT's basic graph optimisation (no fusions): a different operation order on purpose
+    b = _ort_session(golden, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC).run(None, {"input_values": x})[0]
     print(f"\n{folder}: ORT mine vs golden ONNX max |Δ| {np.abs(a - b).max():.2e}")
-    assert np.abs(a - b).max() <= 1e-6
+    assert_close(a, b, NETWORK_RTOL, what="logits")
+
+
+def _ort_session(path: Path, level: Any) -> Any:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    return ort.InferenceSession(str(path), options)
 
 
 def test_dymn_refuses_dynamic_axes(tmp_path: Path) -> None:
@@ -258,7 +270,7 @@ def test_mn_export_keeps_upstreams_batch_squeeze(made: dict) -> None:
     batch = session.run(None, {"input_values": x})[0]
     assert batch.shape == (1, 2, 527)
     single = session.run(None, {"input_values": x[:1]})[0]
-    assert np.abs(batch[0, 0] - single[0]).max() <= 1e-5
+    assert_close(batch[0, 0], single[0], NETWORK_RTOL, what="batch row vs batch of one")  # other blocking
 
 
 def test_cli_fixed_dymn_length(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
