@@ -22,6 +22,7 @@ from eat_keras.presets import get_preset
 from eat_keras.weights.architecture import infer_config_from_state
 from eat_keras.weights.loader import load_tagger_from_file
 from eat_keras.weights.mapping import _expected_source_shapes, assign_state_dict, weight_slots
+from tolerances import OP_RTOL, assert_close
 
 TOL = 1e-4  # issue maximum; measured ~8e-6
 BN_EPS = 1e-3
@@ -218,7 +219,7 @@ def test_coordinate_attention():
     g_f = rng.standard_normal((2, 3, 1, 5)).astype(np.float32)
     g_t = rng.standard_normal((2, 1, 4, 5)).astype(np.float32)
     got = CoordinateAttention()(x, g_f, g_t).numpy()
-    np.testing.assert_allclose(got, x * _sigmoid(g_f) * _sigmoid(g_t), atol=1e-6)
+    assert_close(got, x * _sigmoid(g_f) * _sigmoid(g_t), OP_RTOL)  # TF's sigmoid vs NumPy's
 
 
 @pytest.mark.parametrize(
