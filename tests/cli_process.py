@@ -3,19 +3,18 @@ measure what it used: the harness of the fault-corpus tests.
 
 The limit is ``RLIMIT_DATA`` (private writable memory: heap and anonymous mappings, which is where
 a decoded or resampled waveform or an unpickled tensor lands), so a memory bomb fails inside the
-child instead of swapping the machine. Peak RSS comes from ``wait4``'s rusage of that one child.
+child instead of swapping the machine. Peak RSS comes from ``wait4``'s rusage of that one command,
+run from a small launcher (see ``_LAUNCHER``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import resource
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from conftest import REPO_ROOT
@@ -56,30 +55,45 @@ def run_cli(
     env.update(env_extra or {})
     exe = Path(sys.executable).parent / "eat-keras"
 
-    def limit_memory() -> None:
-        resource.setrlimit(resource.RLIMIT_DATA, (limit_bytes, limit_bytes))
-
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r") as report:
+        launcher = [sys.executable, "-c", _LAUNCHER, str(limit_bytes), report.name, str(exe), *args]
         proc = subprocess.Popen(
-            [str(exe), *args], cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-            text=True, preexec_fn=limit_memory,
+            launcher, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True,
+            start_new_session=True,  # one process group: a timeout kills the command with its launcher
         )
-        status, peak = _wait(proc.pid, timeout)
-        proc.returncode = status  # reaped here, not by Popen
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        status, peak = _read_report(report.read(), proc.returncode)
         out.seek(0)
         err.seek(0)
         return CliResult(status, out.read(), err.read(), peak)
 
 
-def _wait(pid: int, timeout: float) -> tuple[int, int]:
-    """(exit status as Popen gives it, the child's own peak RSS in bytes); SIGKILL past timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status, usage = os.wait4(pid, os.WNOHANG)
-        if done == pid:
-            code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-            return code, usage.ru_maxrss * 1024  # kilobytes on Linux
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            deadline = float("inf")
-        time.sleep(0.05)
+# Runs the command as its own child: Linux carries a process's peak RSS over fork and exec, so a
+# command forked straight from pytest would report pytest's peak as its own. Forked from this small
+# launcher instead, its peak is its own (plus the launcher's few MB).
+_LAUNCHER = """
+import os, resource, sys
+limit, report, command = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+pid = os.fork()
+if pid == 0:
+    os.execv(command[0], command)
+_, status, usage = os.wait4(pid, 0)
+code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+with open(report, "w") as f:
+    f.write(f"{code} {usage.ru_maxrss * 1024}")
+"""
+
+
+def _read_report(text: str, launcher_status: int | None) -> tuple[int, int]:
+    """(the command's exit status as Popen gives it, its peak RSS in bytes); a launcher killed
+    at the timeout wrote nothing: its -9 stands for the command's."""
+    if not text:
+        return (launcher_status if launcher_status is not None else -signal.SIGKILL), 0
+    code, peak = text.split()
+    return int(code), int(peak)
