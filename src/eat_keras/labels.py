@@ -12,6 +12,7 @@ import csv
 import functools
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from eat_keras import hub
@@ -24,6 +25,7 @@ __all__ = [
     "LABEL_LIST_FILE",
     "read_label_csv",
     "read_class_names",
+    "short_list",
     "write_label_list",
     "audioset_labels",
 ]
@@ -91,6 +93,14 @@ def read_label_csv(path: str | os.PathLike[str]) -> list[str]:
             + ("..." if len(missing) > 5 else "")
         )
     return [by_index[i] for i in range(n)]
+
+
+def short_list(names: Sequence[str], limit: int = 3) -> str:
+    """At most ``limit`` names (long ones cut) and how many more: a set of 527 AudioSet classes
+    named in full would make an error message of 8 KB."""
+    shown = [repr(name if len(name) <= 40 else name[:37] + "...") for name in list(names)[:limit]]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
 def check_label_count(names: list[str], num_classes: int, source: object) -> list[str]:

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from eat_keras import hub, labels
-from eat_keras.errors import EatKerasError, WeightFileError
+from eat_keras.errors import ConfigError, EatKerasError, WeightFileError
+from eat_keras.frontend import FrontendConfig
 from eat_keras.models import AudioTagger
 from eat_keras.models.saving import MANIFEST, is_model_dir, load_tagger_dir
-from eat_keras.presets import PRESETS, get_preset
-from eat_keras.weights.architecture import AUDIOSET_CLASSES, TENSOR_DETERMINED_FIELDS
+from eat_keras.presets import PRESETS, Preset, get_preset
+from eat_keras.weights.architecture import AUDIOSET_CLASSES, TENSOR_DETERMINED_FIELDS, resolve_config
 from eat_keras.weights.loader import is_weight_file, load_tagger_from_file
 
 
@@ -39,6 +40,22 @@ def _not_a_model_folder(path: Path) -> str:
     if versions:
         return f"{path}: holds SavedModel versions {', '.join(versions)}; pass one of them, e.g. {path / versions[-1]}"
     return f"{path}: not an eat-keras model folder (no {MANIFEST})"
+
+
+def _preset_fields(preset: Preset, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the preset supplies that the tensors cannot tell (strides, front-end, label type,
+    temperature), with ``overrides`` applied; the file decides the architecture and is checked
+    against the preset. Front-end overrides change single fields of the preset's front-end."""
+    fields = {k: v for k, v in preset.config.to_dict().items() if k not in TENSOR_DETERMINED_FIELDS}
+    extra = dict(overrides or {})
+    frontend = extra.pop("frontend", None)
+    if isinstance(frontend, FrontendConfig):
+        frontend = frontend.to_dict()
+    if frontend is not None and not isinstance(frontend, Mapping):
+        raise ConfigError(f"frontend overrides must be a dict of FrontendConfig fields, got {frontend!r}")
+    fields.update(extra)
+    fields["frontend"] = {**fields["frontend"], **(frontend or {})}
+    return fields
 
 
 def load_tagger(
@@ -66,15 +83,13 @@ def load_tagger(
             tagger = load_tagger_from_file(path, overrides=overrides)
         else:
             preset = get_preset(str(model))
+            preset_fields = _preset_fields(preset, overrides)
+            # bad settings (a NaN temperature, 100000 mel bins) fail before any weight file is
+            # looked up, downloaded or read
+            resolve_config(preset.config.to_dict(), None, preset_fields)
             weight_path = hub.resolve_file(
                 preset.filename, preset.url, preset.sha256, explicit=weights
             )
-            # the file decides the architecture (and is checked against the preset); the preset
-            # supplies what the tensors cannot tell: strides, front-end, label type, temperature
-            preset_fields = {
-                k: v for k, v in preset.config.to_dict().items() if k not in TENSOR_DETERMINED_FIELDS
-            }
-            preset_fields.update(overrides or {})
             tagger = load_tagger_from_file(
                 weight_path, overrides=preset_fields, preset_config=preset.config
             )

@@ -10,6 +10,7 @@ there) and the mAP encoded in the release file names.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 
 from eat_keras.errors import UnknownPresetError
 from eat_keras.frontend import FrontendConfig
@@ -117,13 +118,23 @@ for _w in ("01", "02", "04", "05", "10", "20", "30", "40"):
     _add(f"mn{_w}_im", f"mn{_w}_im.pt", _mn(_w), None, _MN_PARAMS_M.get(_w), f"MN width {_WIDTHS[_w]:g}, ImageNet")
 
 
+def _near_misses(name: str, limit: int = 3) -> list[str]:
+    """Preset names closest to ``name`` (a typo such as ``mn4_as``): those about as close as the
+    best one, ties in alphabetical order."""
+    scores = {p: round(difflib.SequenceMatcher(None, name.lower(), p.lower()).ratio(), 3) for p in PRESETS}
+    best = max(scores.values())
+    close = [p for p, score in scores.items() if score >= max(0.6, best - 0.05)]
+    return sorted(close, key=lambda p: (-scores[p], p))[:limit]
+
+
 def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        close = [p for p in PRESETS if p.split("_")[0] == name.split("_")[0]][:8]
-        hint = f"; similar: {', '.join(close)}" if close else ""
-        raise UnknownPresetError(f"unknown model {name!r}{hint} (see `eat-keras presets`)") from None
+        close = _near_misses(str(name))
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        shown = str(name) if len(str(name)) <= 80 else f"{str(name)[:77]}..."
+        raise UnknownPresetError(f"unknown model {shown!r}{hint} (see `eat-keras presets`)") from None
 
 
 # --- DyMN (dynamic MobileNets, upstream models/dymn) ----------------------------------------------

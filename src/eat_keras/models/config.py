@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Any
+
+import numpy as np
 
 from eat_keras.errors import ConfigError
 from eat_keras.frontend import FrontendConfig
@@ -12,6 +16,23 @@ ARCHS = ("mn", "dymn")
 HEAD_TYPES = ("mlp", "fully_convolutional", "attention_pooling")
 LABEL_TYPES = ("multi_label", "single_label")
 DY_BLOCK_MODES = ("all", "replace_se")
+MAX_WIDTH = 4.0  # the widest upstream model (mn40_as); the parameter count grows with its square
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _frontend_config(value: Any) -> FrontendConfig:
+    """A FrontendConfig from itself or a dict of its fields (as ``to_dict`` writes them)."""
+    if isinstance(value, FrontendConfig):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"frontend must be a FrontendConfig or a dict of its fields, got {value!r}")
+    unknown = set(value) - {f.name for f in dataclasses.fields(FrontendConfig)}
+    if unknown:
+        raise ConfigError(f"unknown front-end config keys: {sorted(map(str, unknown))}")
+    return FrontendConfig(**value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,19 +60,39 @@ class ModelConfig:
     frontend: FrontendConfig = dataclasses.field(default_factory=FrontendConfig)
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ConfigError(f"arch must be one of {ARCHS}, got {self.arch!r}")
-        if self.head_type not in HEAD_TYPES:
-            raise ConfigError(f"head_type must be one of {HEAD_TYPES}, got {self.head_type!r}")
-        if self.label_type not in LABEL_TYPES:
-            raise ConfigError(f"label_type must be one of {LABEL_TYPES}, got {self.label_type!r}")
-        if self.use_dy_blocks not in DY_BLOCK_MODES:
-            raise ConfigError(f"use_dy_blocks must be one of {DY_BLOCK_MODES}")
-        if len(self.strides) != 4 or any(s not in (1, 2) for s in self.strides):
+        for name, allowed in (
+            ("arch", ARCHS), ("head_type", HEAD_TYPES), ("label_type", LABEL_TYPES), ("use_dy_blocks", DY_BLOCK_MODES)
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if (
+            not isinstance(self.strides, (tuple, list))
+            or len(self.strides) != 4
+            or any(isinstance(s, bool) or s not in (1, 2) for s in self.strides)
+        ):
             raise ConfigError(f"strides must be four values of 1 or 2, got {self.strides!r}")
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
-        if isinstance(self.frontend, dict):
-            object.__setattr__(self, "frontend", FrontendConfig(**self.frontend))
+        self._check_numbers()
+        object.__setattr__(self, "frontend", _frontend_config(self.frontend))
+
+    def _check_numbers(self) -> None:
+        """Finite values in range: a NaN temperature or width would build a model that scores NaN."""
+        if not _is_number(self.width_mult) or not 0 < self.width_mult <= MAX_WIDTH:
+            raise ConfigError(f"width_mult must be a number in (0, {MAX_WIDTH:g}], got {self.width_mult!r}")
+        if not _is_number(self.dyconv_temperature) or self.dyconv_temperature <= 0:
+            raise ConfigError(
+                f"dyconv_temperature (DyMN temperature) must be a finite number > 0, got {self.dyconv_temperature!r}"
+            )
+        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        classes = self.num_classes
+        if isinstance(classes, bool) or not isinstance(classes, numbers.Integral) or classes < 1:
+            raise ConfigError(f"num_classes must be an integer >= 1, got {self.num_classes!r}")
+        object.__setattr__(self, "num_classes", int(self.num_classes))
+        for name in ("dilated", "reduced_tail"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, bool(getattr(self, name)))
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -64,10 +105,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         d = dict(d)
-        if "frontend" in d and isinstance(d["frontend"], dict):
-            d["frontend"] = FrontendConfig(**d["frontend"])
-        if "strides" in d:
-            d["strides"] = tuple(d["strides"])
+        if "frontend" in d:
+            d["frontend"] = _frontend_config(d["frontend"])
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

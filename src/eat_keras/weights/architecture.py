@@ -140,8 +140,14 @@ def resolve_config(
         fe = layer.pop("frontend", None)
         if isinstance(fe, FrontendConfig):
             fe = fe.to_dict()
+        if fe is not None and not isinstance(fe, Mapping):
+            raise ConfigError(f"frontend settings must be a dict of FrontendConfig fields, got {fe!r}")
         frontend.update(fe or {})
         fields.update({k: v for k, v in layer.items() if v is not None})
+    unknown = set(fields) - set(ModelConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown model config keys: {sorted(map(str, unknown))}")
     # not a tensor fact: the class count only suggests it, any layer above may say otherwise
-    fields.setdefault("label_type", default_label_type(int(fields.get("num_classes", AUDIOSET_CLASSES))))
-    return ModelConfig(**fields, frontend=FrontendConfig(**frontend))
+    classes = fields.get("num_classes", AUDIOSET_CLASSES)
+    fields.setdefault("label_type", default_label_type(classes if isinstance(classes, int) else AUDIOSET_CLASSES))
+    return ModelConfig.from_dict({**fields, "frontend": frontend})

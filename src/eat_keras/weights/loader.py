@@ -50,6 +50,8 @@ def load_tagger_from_file(
     path = Path(path)
     source = str(path)
     suffix = path.suffix.lower()
+    # the settings that do not come from the tensors are checked before the file is read
+    resolve_config({}, path, overrides)
     if suffix in ONNX_SUFFIXES:
         ops = onnx_reader.read_parametric_ops(path)
         inferred = onnx_reader.infer_config_from_ops(ops, source)

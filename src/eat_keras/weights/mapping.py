@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 import tf_keras
 
-from eat_keras.errors import ArchitectureMismatchError
+from eat_keras.errors import ArchitectureMismatchError, WeightFileError
 from eat_keras.layers import ConvBNAct
 from eat_keras.models.blocks import InvertedResidual
 from eat_keras.models.heads import AttentionPoolingHead, FullyConvolutionalHead, MLPHead
@@ -262,6 +262,27 @@ def strip_wrapper_prefix(state: Mapping[str, np.ndarray], anchors: tuple[str, ..
     return dict(state)
 
 
+def _brief(value: np.ndarray) -> str:
+    """A short rendering of a small array's values (a corrupt file's could be millions long)."""
+    return np.array2string(np.asarray(value).ravel(), threshold=8, edgeitems=2, max_line_width=10**6)
+
+
+def _finite_float32(value: np.ndarray, key: str, source: str) -> np.ndarray:
+    """``value`` as float32, refused if any entry is NaN or infinite (a model built from it would
+    score every input NaN) or overflows float32."""
+    if value.dtype.kind not in "fiub":
+        raise WeightFileError(f"{source}: tensor {key} holds {value.dtype} values, expected numbers")
+    with np.errstate(over="ignore"):
+        result = value.astype(np.float32)
+    if not np.isfinite(result).all():
+        bad = int(np.size(result) - np.count_nonzero(np.isfinite(result)))
+        raise WeightFileError(
+            f"{source}: tensor {key} holds {bad} non-finite value(s) (NaN, Inf or beyond float32); "
+            "the file is corrupt or comes from a diverged training run"
+        )
+    return result
+
+
 def assign_state_dict(
     net: EfficientATNet,
     state: Mapping[str, np.ndarray],
@@ -298,7 +319,7 @@ def assign_state_dict(
                     f"{source}: tensor {key} has shape {tuple(value.shape)}, expected {shape} "
                     f"for {arch}, {net.config.num_classes} classes"
                 )
-            tensors.append(value.astype(np.float32))
+            tensors.append(_finite_float32(value, key, source))
             used.add(key)
         assignments.extend(_keras_values(slot, tensors))
     for key, value in checks.items():
@@ -306,8 +327,8 @@ def assign_state_dict(
         got = None if key not in state else np.asarray(state[key])
         if got is None or got.shape != value.shape or not np.allclose(got, value):
             raise ArchitectureMismatchError(
-                f"{source}: constant {key} must equal {value.tolist()} (shape {value.shape}), "
-                f"got {None if got is None else got.tolist()}"
+                f"{source}: constant {key} must equal {_brief(value)} (shape {value.shape}), "
+                f"got {'nothing' if got is None else _brief(got)}"
             )
         used.add(key)
     unused = [k for k in state if k not in used and not k.endswith(IGNORED_SUFFIXES)]

@@ -24,6 +24,7 @@ The temperature τ is read from the Div constant (1.0 if there is none).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,12 @@ class ConstantOp:
 ParametricOp = ConvOp | LinearOp | DynamicConvOp | BatchNormOp | ConstantOp
 
 
+def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (parsers raise multi-line ones)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
 def load_onnx_model(path: Path):
     import onnx  # imported lazily: only the ONNX import path needs it
 
@@ -116,35 +123,125 @@ def load_onnx_model(path: Path):
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises DecodeError, truncated files various others
-        raise WeightFileError(f"{path}: not a readable ONNX model (truncated or corrupt?): {exc}") from exc
+        raise WeightFileError(
+            f"{path}: not a readable ONNX model (truncated or corrupt?): {_one_line(exc)}"
+        ) from exc
     if not model.graph.node:
         raise WeightFileError(f"{path}: ONNX model has an empty graph (truncated or corrupt?)")
     return model
 
 
+def _tensor_array(tensor: Any, path: Path, what: str) -> np.ndarray:
+    """The values of a TensorProto, refused unless they fill exactly its declared dims."""
+    from onnx import numpy_helper
+
+    dims = [int(d) for d in tensor.dims]
+    where = f"{path}: {what} {tensor.name!r}"
+    if any(d < 0 for d in dims):
+        raise WeightFileError(f"{where} has negative dims {dims} (corrupt file?)")
+    try:
+        value = numpy_helper.to_array(tensor)
+    except KeyError:  # numpy_helper's table of element types
+        raise WeightFileError(f"{where} has unknown data type {tensor.data_type} (corrupt file?)") from None
+    except Exception as exc:  # decoding untrusted data: a wrong size, type code or layout
+        raise WeightFileError(
+            f"{where}: its dims {dims} ({math.prod(dims)} values) disagree with its data "
+            f"({_one_line(exc)}; corrupt file?)"
+        ) from None
+    if list(value.shape) != dims:
+        raise WeightFileError(f"{where} decodes to shape {list(value.shape)}, its dims say {dims}")
+    return value
+
+
+# Constant node attribute → (its AttributeProto type: TENSOR, FLOAT, FLOATS, INT, INTS; dtype)
+_CONSTANT_KINDS = {
+    "value": (4, None), "value_float": (1, np.float32), "value_floats": (6, np.float32),
+    "value_int": (2, np.int64), "value_ints": (7, np.int64),
+}
+
+
+def _constant_node_value(node: Any, path: Path) -> np.ndarray | None:
+    """The value of a Constant node, or None for kinds the importer never reads (sparse, strings)."""
+    from onnx import helper
+
+    for attr in node.attribute:
+        if attr.name not in _CONSTANT_KINDS:
+            continue
+        attr_type, dtype = _CONSTANT_KINDS[attr.name]
+        if attr.type != attr_type:
+            raise WeightFileError(f"{path}: Constant {node.output[0]!r}: attribute {attr.name} has the wrong type")
+        if dtype is None:
+            return _tensor_array(attr.t, path, f"Constant {node.output[0]!r}")
+        return np.asarray(helper.get_attribute_value(attr), dtype)
+    return None
+
+
+def _min_inputs_and_outputs(node: Any, opsets: dict[str, int]) -> tuple[int, int]:
+    """What the op's schema requires; (0, 1) for ops of unknown domains (custom ops)."""
+    import onnx
+
+    domain = "" if node.domain in ("", "ai.onnx") else node.domain
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opsets.get(domain, onnx.defs.onnx_opset_version()), domain)
+    except Exception:  # SchemaError: not a standard op; only its output count can be checked
+        return 0, 1
+    return schema.min_input, max(1, schema.min_output)
+
+
+def _check_wiring(graph: Any, opsets: dict[str, int], path: Path) -> None:
+    """Every node has the inputs and outputs its op needs, reads only tensors defined before it
+    (ONNX requires topological order, which also rules out cycles) and defines each output once."""
+    defined = {t.name for t in graph.input}  # IR < 4 lists initialisers among the inputs too
+    initializers: set[str] = set()
+    for init in graph.initializer:
+        if init.name in initializers:
+            raise WeightFileError(f"{path}: initializer {init.name!r} appears twice (corrupt file?)")
+        initializers.add(init.name)
+    defined |= initializers
+    for node in graph.node:
+        where = f"{path}: node {node.name or '(unnamed)'} ({node.op_type})"
+        min_inputs, min_outputs = _min_inputs_and_outputs(node, opsets)
+        if len(node.input) < min_inputs or not all(node.input[:min_inputs]):
+            raise WeightFileError(f"{where} has {sum(map(bool, node.input))} input(s), the op needs {min_inputs}")
+        if len(node.output) < min_outputs or not node.output[0]:
+            raise WeightFileError(f"{where} has no output (corrupt file?)")
+        for name in node.input:
+            if name and name not in defined:
+                raise WeightFileError(
+                    f"{where} reads {name!r}, which no initializer, graph input or earlier node produces"
+                )
+        for name in filter(None, node.output):
+            if name in defined:
+                raise WeightFileError(f"{where} defines {name!r}, which is already defined")
+            defined.add(name)
+    for output in graph.output:
+        if output.name not in defined:
+            raise WeightFileError(f"{path}: graph output {output.name!r} is produced by no node")
+
+
 class _Graph:
     """Constant tensors (initialisers, Constant and Identity-of-constant nodes), and each tensor's
-    producing node and consuming nodes."""
+    producing node and consuming nodes, of a graph whose wiring has been checked."""
 
-    def __init__(self, model: Any) -> None:
-        from onnx import numpy_helper
-
+    def __init__(self, model: Any, path: Path) -> None:
         graph = model.graph
+        self.path = path
+        _check_wiring(graph, {o.domain: int(o.version) for o in model.opset_import}, path)
         self.constants: dict[str, np.ndarray] = {
-            init.name: numpy_helper.to_array(init) for init in graph.initializer
+            init.name: _tensor_array(init, path, "initializer") for init in graph.initializer
         }
         for node in graph.node:
             if node.op_type == "Constant":
-                for attr in node.attribute:
-                    if attr.name == "value":
-                        self.constants[node.output[0]] = numpy_helper.to_array(attr.t)
+                value = _constant_node_value(node, path)
+                if value is not None:
+                    self.constants[node.output[0]] = value
             elif node.op_type == "Identity" and node.input[0] in self.constants:
                 self.constants[node.output[0]] = self.constants[node.input[0]]
         self.nodes = list(graph.node)
         self.consumers: dict[str, list[Any]] = {}
         self.producer: dict[str, Any] = {}
         for node in self.nodes:
-            for name in node.input:
+            for name in filter(None, node.input):
                 self.consumers.setdefault(name, []).append(node)
             for name in node.output:
                 self.producer[name] = node
@@ -153,6 +250,17 @@ class _Graph:
         if name not in self.constants:
             raise WeightFileError(f"{path}: op input {name!r} is not a constant; unsupported export")
         return self.constants[name]
+
+    def weight(self, name: str, ndim: int) -> np.ndarray:
+        """A constant that holds learned values: floating point, of the rank its op needs."""
+        value = self.const(name, self.path)
+        if value.dtype.kind != "f":
+            raise WeightFileError(f"{self.path}: weight {name!r} holds {value.dtype} values, expected floats")
+        if value.ndim != ndim:
+            raise WeightFileError(
+                f"{self.path}: weight {name!r} has shape {list(value.shape)}, its op needs {ndim} dimension(s)"
+            )
+        return value
 
     def only_consumer(self, output: str, op_type: str | None = None) -> Any | None:
         users = self.consumers.get(output, [])
@@ -168,24 +276,73 @@ class _Graph:
         return None
 
 
-def _attrs(node: Any) -> dict[str, Any]:
+_ATTRIBUTE_TYPES = {"int": 2, "float": 1, "ints": 7}  # onnx.AttributeProto.{INT, FLOAT, INTS}
+
+
+def _attr(node: Any, name: str, kind: str, default: Any, path: Path) -> Any:
+    """Attribute ``name`` of ``node``, refused unless it has the type the op defines."""
     from onnx import helper
 
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    for attr in node.attribute:
+        if attr.name == name:
+            if attr.type != _ATTRIBUTE_TYPES[kind]:
+                raise WeightFileError(
+                    f"{path}: {node.op_type} {node.name}: attribute {name} is not of type {kind} (corrupt file?)"
+                )
+            value = helper.get_attribute_value(attr)
+            return tuple(value) if kind == "ints" else value
+    return default
+
+
+def _conv_geometry(node: Any, path: Path) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """(group, strides, dilations) of a 2-D Conv node, each checked to be usable."""
+    group = _attr(node, "group", "int", 1, path)
+    strides = _attr(node, "strides", "ints", (1, 1), path)
+    dilations = _attr(node, "dilations", "ints", (1, 1), path)
+    if group < 1 or len(strides) != 2 or len(dilations) != 2 or min(strides + dilations) < 1:
+        raise WeightFileError(
+            f"{path}: Conv {node.name} has group {group}, strides {list(strides)}, dilations "
+            f"{list(dilations)}; a 2-D conv needs a positive group and two positive strides and dilations"
+        )
+    return group, strides, dilations
+
+
+def _epsilon(node: Any, path: Path) -> float:
+    epsilon = float(_attr(node, "epsilon", "float", 1e-5, path))
+    if not math.isfinite(epsilon) or epsilon < 0:
+        raise WeightFileError(f"{path}: BatchNormalization {node.name} has epsilon {epsilon}")
+    return epsilon
 
 
 # Nodes that only move data around between the parts of a DynamicConv.
 _LAYOUT_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity")
 
 
+def _optional_bias(graph: _Graph, node: Any) -> np.ndarray | None:
+    """The third input of a Conv or Gemm (its bias), if it has one."""
+    return graph.weight(node.input[2], 1) if len(node.input) > 2 and node.input[2] else None
+
+
 def _linear_from_gemm(graph: _Graph, node: Any, path: Path) -> LinearOp:
-    attrs = _attrs(node)
-    if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+    defaults = (("transA", "int", 0), ("transB", "int", 0), ("alpha", "float", 1.0), ("beta", "float", 1.0))
+    attrs = {name: _attr(node, name, kind, default, path) for name, kind, default in defaults}
+    if attrs["transA"] or attrs["alpha"] != 1.0 or attrs["beta"] != 1.0:
         raise WeightFileError(f"{path}: Gemm {node.name} has unsupported attributes {attrs}")
-    weight = graph.const(node.input[1], path)
-    weight = weight if attrs.get("transB", 0) else weight.T
-    bias = graph.const(node.input[2], path) if len(node.input) > 2 and node.input[2] else None
-    return LinearOp(node.input[1], weight, bias)
+    weight = graph.weight(node.input[1], 2)
+    weight = weight if attrs["transB"] else weight.T
+    return LinearOp(node.input[1], weight, _optional_bias(graph, node))
+
+
+def _softmax_temperature(graph: _Graph, node: Any, broken: Callable[[str], WeightFileError]) -> float:
+    """τ of a ``Div(logits, τ)`` (or ``Mul(logits, 1/τ)``) node before the attention Softmax."""
+    scale = graph.constant_operand(node, node.input[0])
+    if scale is None or scale.size != 1 or scale.dtype.kind not in "fiu":
+        raise broken(f"{node.op_type} {node.name} before the Softmax is not by a scalar constant")
+    value = float(scale.reshape(-1)[0])
+    temperature = value if node.op_type == "Div" else 1.0 / value if value else math.inf
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise broken(f"its temperature {temperature} is not a positive finite number")
+    return temperature
 
 
 def _dynamic_conv(graph: _Graph, matmul: Any, path: Path) -> tuple[DynamicConvOp, Any] | None:
@@ -206,10 +363,7 @@ def _dynamic_conv(graph: _Graph, matmul: Any, path: Path) -> tuple[DynamicConvOp
         raise broken("its attention is not a Softmax")
     node, temperature = graph.producer.get(softmax.input[0]), 1.0
     if node is not None and node.op_type in ("Div", "Mul"):
-        scale = graph.constant_operand(node, node.input[0])
-        if scale is None or scale.size != 1:
-            raise broken(f"{node.op_type} {node.name} before the Softmax is not by a scalar constant")
-        temperature = float(scale) if node.op_type == "Div" else 1.0 / float(scale)
+        temperature = _softmax_temperature(graph, node, broken)
         node = graph.producer.get(node.input[0])
     while node is not None and node.op_type in _LAYOUT_OPS:
         node = graph.producer.get(node.input[0])
@@ -217,25 +371,21 @@ def _dynamic_conv(graph: _Graph, matmul: Any, path: Path) -> tuple[DynamicConvOp
         raise broken("the Softmax input does not come from a Gemm with constant weights")
     gemm = node
     # follow the aggregated kernel through layout ops to the Conv that uses it as its weight
-    frontier, conv = [matmul.output[0]], None
+    frontier, seen, conv = [matmul.output[0]], {matmul.output[0]}, None
     while frontier and conv is None:
         tensor = frontier.pop()
         for user in graph.consumers.get(tensor, []):
             if user.op_type == "Conv" and len(user.input) > 1 and user.input[1] == tensor:
                 conv = user
-            elif user.op_type in _LAYOUT_OPS:
+            elif user.op_type in _LAYOUT_OPS and user.output[0] not in seen:
+                seen.add(user.output[0])  # a tensor reached twice (a diamond) is followed once
                 frontier.append(user.output[0])
     if conv is None:
         raise broken("its aggregated kernel feeds no Conv")
-    attrs = _attrs(conv)
+    if weight.dtype.kind != "f":
+        raise broken(f"its kernels hold {weight.dtype} values, expected floats")
     op = DynamicConvOp(
-        matmul.input[1],
-        weight,
-        _linear_from_gemm(graph, gemm, path),
-        temperature,
-        int(attrs.get("group", 1)),
-        tuple(attrs.get("strides", (1, 1))),
-        tuple(attrs.get("dilations", (1, 1))),
+        matmul.input[1], weight, _linear_from_gemm(graph, gemm, path), temperature, *_conv_geometry(conv, path)
     )
     return op, gemm
 
@@ -264,6 +414,28 @@ def _dyrelu_constants(graph: _Graph, gemm: Any) -> list[ConstantOp]:
     return []
 
 
+def _conv_op(graph: _Graph, node: Any, fused_batchnorms: set[str], path: Path) -> ConvOp:
+    """A Conv with constant weights, with the BatchNormalization it alone feeds (if any)."""
+    op = ConvOp(node.input[1], graph.weight(node.input[1], 4), _optional_bias(graph, node), *_conv_geometry(node, path))
+    bn = graph.only_consumer(node.output[0], "BatchNormalization")
+    if bn is not None:
+        op.batchnorm = (*(graph.weight(n, 1) for n in bn.input[1:5]), _epsilon(bn, path))
+        fused_batchnorms.add(bn.output[0])
+    return op
+
+
+def _matmul_linear(graph: _Graph, node: Any) -> LinearOp:
+    """A MatMul by a constant (+ the Add of a constant bias) as a linear layer."""
+    weight = graph.weight(node.input[1], 2).T  # MatMul right operand is [in, out]
+    add = graph.only_consumer(node.output[0], "Add")
+    bias = None
+    if add is not None:
+        other = [n for n in add.input if n != node.output[0]]
+        if other and other[0] in graph.constants:
+            bias = graph.weight(other[0], 1)
+    return LinearOp(node.input[1], weight, bias)
+
+
 def read_parametric_ops(path: Path) -> list[ParametricOp]:
     """Parametric ops of an ONNX graph in its (topological = data-flow) order.
 
@@ -272,7 +444,7 @@ def read_parametric_ops(path: Path) -> list[ParametricOp]:
     BatchNormalization nodes after dynamic convs, and DyReLU's constants after its Gemm.
     """
     path = Path(path)
-    graph = _Graph(load_onnx_model(path))
+    graph = _Graph(load_onnx_model(path), path)
     dynamic: dict[str, DynamicConvOp] = {}  # by MatMul output
     attention_gemms: set[str] = set()  # Gemm outputs that belong to a DynamicConv
     for node in graph.nodes:
@@ -282,31 +454,11 @@ def read_parametric_ops(path: Path) -> list[ParametricOp]:
     ops: list[ParametricOp] = []
     fused_batchnorms: set[str] = set()
     for node in graph.nodes:
-        attrs = _attrs(node)
         if node.op_type == "Conv" and node.input[1] in graph.constants:
-            weight = graph.const(node.input[1], path)
-            bias = graph.const(node.input[2], path) if len(node.input) > 2 and node.input[2] else None
-            op = ConvOp(
-                node.input[1],
-                weight,
-                bias,
-                int(attrs.get("group", 1)),
-                tuple(attrs.get("strides", (1, 1))),
-                tuple(attrs.get("dilations", (1, 1))),
-            )
-            bn = graph.only_consumer(node.output[0], "BatchNormalization")
-            if bn is not None:
-                op.batchnorm = (
-                    *(graph.const(n, path) for n in bn.input[1:5]),
-                    float(_attrs(bn).get("epsilon", 1e-5)),
-                )
-                fused_batchnorms.add(bn.output[0])
-            ops.append(op)
+            ops.append(_conv_op(graph, node, fused_batchnorms, path))
         elif node.op_type == "BatchNormalization" and node.output[0] not in fused_batchnorms:
-            scale, bias, mean, var = (graph.const(n, path) for n in node.input[1:5])
-            ops.append(
-                BatchNormOp(node.input[1], scale, bias, mean, var, float(attrs.get("epsilon", 1e-5)))
-            )
+            scale, bias, mean, var = (graph.weight(n, 1) for n in node.input[1:5])
+            ops.append(BatchNormOp(node.input[1], scale, bias, mean, var, _epsilon(node, path)))
         elif node.op_type == "Gemm" and node.input[1] in graph.constants:
             if node.output[0] in attention_gemms:
                 continue  # already part of its DynamicConvOp
@@ -315,14 +467,7 @@ def read_parametric_ops(path: Path) -> list[ParametricOp]:
         elif node.op_type == "MatMul" and node.output[0] in dynamic:
             ops.append(dynamic[node.output[0]])
         elif node.op_type == "MatMul" and node.input[1] in graph.constants:
-            weight = graph.const(node.input[1], path).T  # MatMul right operand is [in, out]
-            add = graph.only_consumer(node.output[0], "Add")
-            bias = None
-            if add is not None:
-                other = [n for n in add.input if n != node.output[0]]
-                if other and other[0] in graph.constants:
-                    bias = graph.const(other[0], path)
-            ops.append(LinearOp(node.input[1], weight, bias))
+            ops.append(_matmul_linear(graph, node))
     if not ops:
         raise WeightFileError(f"{path}: the ONNX graph holds no Conv/Gemm/MatMul weights")
     return ops
@@ -350,6 +495,8 @@ def infer_config_from_ops(ops: Sequence[ParametricOp], source: str) -> dict[str,
     # Blocks 1, 3, 6 and 12 (0-based) carry the configurable strides C1..C4. A dilated C4 stage
     # (upstream `dilated=True`) runs its depthwise convs at stride 1 with dilation 2.
     strides = tuple(int(depthwise[i].strides[0]) for i in (1, 3, 6, 12))
+    if any(s not in (1, 2) for s in strides):
+        raise ArchitectureMismatchError(f"{source}: downsampling blocks have strides {list(strides)}, MN has 1 or 2")
     dilated = int(depthwise[12].dilations[0]) > 1
     fields: dict[str, Any] = {
         "arch": "mn",
@@ -370,7 +517,8 @@ def infer_config_from_ops(ops: Sequence[ParametricOp], source: str) -> dict[str,
         temperatures = sorted({op.temperature for op in dynamic})
         if len(temperatures) != 1:
             raise ArchitectureMismatchError(
-                f"{source}: dynamic convs use different temperatures {temperatures}"
+                f"{source}: dynamic convs use {len(temperatures)} different temperatures, "
+                f"e.g. {temperatures[0]:g} and {temperatures[-1]:g}; a DyMN uses one"
             )
         fields.update(arch="dymn", use_dy_blocks=modes[dynamic_blocks], dyconv_temperature=temperatures[0])
     return fields
