@@ -17,17 +17,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _find_shared() -> Path | None:
-    env = os.environ.get("EAT_SHARED_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO_ROOT.parent / "shared")
-    for candidate in candidates:
-        if (candidate / "golden").is_dir():
-            return candidate
-    return None
+from shared_data import REPO_ROOT, find_shared_dir
 
 
 def _in_ci() -> bool:
@@ -36,7 +26,7 @@ def _in_ci() -> bool:
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    found = _find_shared()
+    found = find_shared_dir()
     if found is None:
         reason = "../shared (or $EAT_SHARED_DIR) with golden/ is not present next to this clone"
         if _in_ci():

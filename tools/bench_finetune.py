@@ -5,7 +5,7 @@
 2. An imbalanced version of folds 1-3 (two classes each keep 32, 24, 16, 8 and 4 training clips):
    fold-4 macro-F1 with plain cross-entropy, class-balanced loss, and CB + SupCon (0.8 / 0.2).
 
-    python tools/bench_finetune.py --shared ../shared --out runs/bench_finetune
+    python tools/bench_finetune.py --out runs/bench_finetune   # --shared: ../shared or $EAT_SHARED_DIR
 
 Writes ``results.json`` and ``results.md`` into --out.
 """
@@ -17,11 +17,18 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 from eat_keras.train.data import AudioCache, read_esc50_manifest, split_examples
 from eat_keras.train.fit import FinetuneConfig, finetune
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script: make tools.bench importable
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tools.bench.paths import default_shared_dir  # noqa: E402
 
 # training clips kept, two classes per value; folds 1-3 hold 24 clips per class, so "32" keeps all
 IMBALANCE = (32, 24, 16, 8, 4)
@@ -63,7 +70,7 @@ def run(name, examples, out: Path, cache: AudioCache, **changes):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--shared", default="../shared")
+    parser.add_argument("--shared", default=str(default_shared_dir()))
     parser.add_argument("--out", default="runs/bench_finetune")
     parser.add_argument("--only", choices=("balanced", "imbalanced"))
     args = parser.parse_args()

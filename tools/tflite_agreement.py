@@ -30,10 +30,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script: make tools.bench importable
+    sys.path.insert(0, str(REPO_ROOT))
 
-
-def shared_dir() -> Path:
-    return Path(os.environ.get("EAT_SHARED_DIR") or REPO_ROOT.parent / "shared")
+from tools.bench.paths import default_shared_dir  # noqa: E402
 
 
 def esc10_clips(esc10: Path) -> list[tuple[Path, int]]:
@@ -60,7 +60,7 @@ def windows_of(audio: np.ndarray, size: int) -> np.ndarray:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --name, --labels, --esc10 with defaults from ../shared (shared by the tools)."""
-    shared = shared_dir()
+    shared = default_shared_dir()
     parser.add_argument("--model", default=str(shared / "weights" / "mn04_as_mAP_432.pt"))
     parser.add_argument("--name", default="mn04_as")
     parser.add_argument("--labels", default=str(shared / "golden" / "class_labels_indices.csv"))

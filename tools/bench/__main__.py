@@ -12,7 +12,7 @@ With ``--runs`` below 30 a run is a smoke run: unless ``--json``/``--markdown`` 
 rebuilds them all, so that every conversion time is from this run.
 
 Models: mn04 (release weights), dymn04 (golden synthetic), mn10 and dymn10 (synthetic weights and
-upstream-style ONNX made with tools.bench.torch_reference). Inputs: real audio, batch 1 × 2 s,
+upstream-style ONNX made with the PyTorch reference in tests/upstream_reference). Inputs: real audio, batch 1 × 2 s,
 batch 1 × 10 s, batch 8 × 10 s. Routes (``--routes``, groups ``tflite`` and ``all``):
 
 - ``savedmodel``: eat-keras SavedModel ``serving_default`` (waveform → scores); ``savedmodel_frontend``:

@@ -90,7 +90,7 @@ class Builder:
             stamp = f"{weights}:{weights.stat().st_size}:{weights.stat().st_mtime_ns}" if weights.is_file() else ""
             kind = key.split("/")[0]
             if kind in ("onnx", "onnx2tf"):
-                files = [bench / "torch_reference.py", bench / "onnx_export.py"]
+                files = [paths.TORCH_REFERENCE, bench / "onnx_export.py"]
                 if kind == "onnx2tf":
                     files.append(bench / "onnx2tf_route.py")
                     stamp += onnx2tf_route.version(self.o2t_venv)
@@ -172,7 +172,7 @@ class Builder:
         weights, onnx = self.model.weight_file(self.work_dir), self.model.upstream_onnx(self.work_dir)
         if weights.is_file() and onnx.is_file():
             return
-        from tools.bench.torch_reference import make_files
+        from upstream_reference.torch_reference import make_files  # tests/ is on sys.path: see tools.bench.paths
 
         self.log(f"{self.model.name}: making synthetic weights and their ONNX export")
         self._step("synthetic_files", lambda: make_files(self.model.preset, self.model.synth_dir(self.work_dir)))

@@ -2,8 +2,8 @@
 
 mn04 and dymn04 use ``../shared`` (the real mn04 release checkpoint; the golden synthetic dymn04);
 mn10 and dymn10 have no file there, so synthetic upstream state dicts and their ONNX exports are
-made once with :mod:`tools.bench.torch_reference` into the work dir. Latency does not depend on
-weight values, and both sides of every comparison load the same weights.
+made once with the PyTorch reference (``tests/upstream_reference``) into the work dir. Latency does
+not depend on weight values, and both sides of every comparison load the same weights.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class BenchModel:
 
     @property
     def synthetic_files(self) -> bool:
-        """Whether :func:`tools.bench.torch_reference.make_files` must make the files."""
+        """Whether :func:`upstream_reference.torch_reference.make_files` must make the files."""
         return self.weights_kind == "synthetic"
 
     def eat_keras_source(self, work_dir: Path) -> tuple[str, str | None]:

@@ -1,28 +1,23 @@
-"""Checks of the stage profiler's counting and cuts (nothing is timed). Not part of CI's ``tests/``::
-
-    /work/venv/bin/python -m pytest -q tools/bench/profile_test.py
-"""
+"""Checks of the stage profiler's (``tools/bench/profile.py``) counting and cuts; nothing is timed."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `python -m tools.bench` layout, whatever pytest's rootdir
-    sys.path.insert(0, str(REPO_ROOT))
+from conftest import REPO_ROOT
+from eat_keras.frontend import FrontendConfig
+from eat_keras.frontend_dft import factored_log_mel, frame_pieces, make_plan
+from eat_keras.models.network import EfficientATNet
+from eat_keras.presets import get_preset
+from tolerances import NETWORK_RTOL, assert_close
 
-from eat_keras.frontend import FrontendConfig  # noqa: E402
-from eat_keras.frontend_dft import factored_log_mel, frame_pieces, make_plan  # noqa: E402
-from eat_keras.models.network import EfficientATNet  # noqa: E402
-from eat_keras.presets import get_preset  # noqa: E402
+if str(REPO_ROOT) not in sys.path:  # the tools run as `python -m tools.bench` from the repo root
+    sys.path.append(str(REPO_ROOT))
+
 from tools.bench import profile  # noqa: E402
-
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # the float tolerances shared with tests/
-from tolerances import NETWORK_RTOL, assert_close  # noqa: E402
 
 
 def test_count_macs_of_conv_depthwise_dense_and_batch_matmul() -> None:

@@ -1,20 +1,12 @@
-"""Validation of the dev-only PyTorch reference (``tools/bench/torch_reference.py``).
-
-Not part of CI's ``tests/``; run by hand::
-
-    /work/venv/bin/python -m pytest -q tools/bench/torch_reference_test.py   # add -s for the numbers
-
-Checks that the reference *is* upstream (golden outputs and golden ONNX graphs of the upstream code,
-from the real mn04_as checkpoint and the two synthetic golden state dicts), and that the synthetic
-mn10/dymn10 files it writes give the same logits in torch, onnxruntime and eat-keras. Skips without
-torch, onnxruntime or ``../shared`` (or ``$EAT_SHARED_DIR``).
+"""The PyTorch reference is upstream: it reproduces the golden outputs and golden ONNX graphs of the
+upstream code (from the real mn04_as checkpoint and the two synthetic golden state dicts), and the
+synthetic mn10/dymn10 files it writes give the same logits in torch, onnxruntime and eat-keras.
+Skips without torch, onnxruntime or ``../shared`` (or ``$EAT_SHARED_DIR``); add ``-s`` for the numbers.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,13 +18,11 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `python -m tools.bench...` layout, whatever pytest's rootdir
-    sys.path.insert(0, str(REPO_ROOT))
-
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # the float tolerances shared with tests/
+from conftest import CLIPS  # noqa: E402
+from shared_data import find_shared_dir  # noqa: E402
 from tolerances import NETWORK_RTOL, OP_RTOL, assert_close  # noqa: E402
-from tools.bench.torch_reference import (  # noqa: E402
+
+from upstream_reference.torch_reference import (  # noqa: E402
     DyMN,
     build_reference,
     export_onnx,
@@ -42,20 +32,10 @@ from tools.bench.torch_reference import (  # noqa: E402
     synthetic_state_dict,
 )
 
-
-def _find_shared() -> Path | None:
-    env = os.environ.get("EAT_SHARED_DIR")
-    for candidate in ([Path(env)] if env else []) + [REPO_ROOT.parent / "shared"]:
-        if (candidate / "golden").is_dir():
-            return candidate
-    return None
-
-
-SHARED = _find_shared()
+SHARED = find_shared_dir()
 pytestmark = pytest.mark.skipif(SHARED is None, reason="../shared (or $EAT_SHARED_DIR) with golden/ absent")
 GOLDEN = SHARED / "golden" if SHARED else Path("/nonexistent")
 
-CLIPS = ("metro_station-paris", "music", "speech", "typing")
 KEYS_10S = CLIPS
 KEYS_2S = tuple(f"{c}_2s" for c in CLIPS)
 TOL = 1e-4
@@ -263,8 +243,8 @@ def test_synthetic_files_agree_in_torch_onnxruntime_and_eat_keras(preset: str, m
 
 
 def test_mn_export_keeps_upstreams_batch_squeeze(made: dict) -> None:
-    """Documented upstream behaviour (spec §8.3): the traced squeeze()/unsqueeze(0) makes the
-    dynamic-batch MN graph return [1, B, classes] for B > 1 (rows still right)."""
+    """Upstream behaviour users meet: the traced squeeze()/unsqueeze(0) makes the dynamic-batch MN
+    graph return [1, B, classes] for B > 1 (rows still right)."""
     session = ort.InferenceSession(str(made["mn04_as"][1]))
     x = np.concatenate([_logmel(k) for k in KEYS_2S[:2]])
     batch = session.run(None, {"input_values": x})[0]

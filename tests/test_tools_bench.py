@@ -1,21 +1,18 @@
-"""Fast checks of the benchmark's own logic (no model is built or timed). Not part of CI's ``tests/``::
-
-    /work/venv/bin/python -m pytest -q tools/bench/bench_test.py
-"""
+"""Fast checks of the benchmark's own logic in ``tools/bench`` (no model is built or timed)."""
 
 from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `python -m tools.bench` layout, whatever pytest's rootdir
-    sys.path.insert(0, str(REPO_ROOT))
+from conftest import REPO_ROOT
+
+if str(REPO_ROOT) not in sys.path:  # the tools run as `python -m tools.bench` from the repo root
+    sys.path.append(str(REPO_ROOT))
 
 from tools.bench import catalog, onnx2tf_route, report, seed_pipeline, targets, timing  # noqa: E402
 from tools.bench.inputs import INPUT_SPECS  # noqa: E402

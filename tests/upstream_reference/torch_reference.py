@@ -1,9 +1,9 @@
-"""Dev-only PyTorch reference of upstream EfficientAT MN and DyMN (``fschmid56/EfficientAT``).
+"""PyTorch reference of upstream EfficientAT MN and DyMN (``fschmid56/EfficientAT``), for checks only.
 
-Used by the benchmarks to produce "upstream-exported" ONNX files for models whose upstream export we
-do not have (mn10, dymn10), with the same weights eat-keras loads. The modules mirror upstream's
-module tree and forward code (``models/mn/``, ``models/dymn/``) as documented in
-``shared/docs/efficientat_spec.md`` §2-§4, so that
+The oracle the tests compare eat-keras against, and the source of the benchmark's "upstream-exported"
+ONNX files for models whose upstream export we do not have (mn10, dymn10), with the same weights
+eat-keras loads. The modules mirror upstream's module tree and forward code (``models/mn/``,
+``models/dymn/``), so that
 
 * ``state_dict()`` keys and shapes are upstream's (upstream checkpoints load with ``strict=True``);
 * the eval-mode forward returns ``(logits, embedding)`` exactly as upstream does, including the
@@ -14,9 +14,10 @@ Architecture comes from an eat-keras :class:`~eat_keras.models.config.ModelConfi
 preset's), but channel rounding and the block table are re-derived here from upstream, not imported
 from eat-keras, so the reference stays an independent check. Not part of the runtime package.
 
-CLI::
+CLI, from the repo root::
 
-    python -m tools.bench.torch_reference make --preset mn10_as --out DIR [--time-frames N] [--seed 0]
+    PYTHONPATH=tests python -m upstream_reference.torch_reference make --preset mn10_as --out DIR \
+        [--time-frames N] [--seed 0]
 """
 
 from __future__ import annotations
@@ -921,7 +922,7 @@ def make_files(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.bench.torch_reference",
+        prog="python -m upstream_reference.torch_reference",
         description="Dev-only PyTorch reference of upstream EfficientAT MN / DyMN.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
