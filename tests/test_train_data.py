@@ -189,7 +189,7 @@ def test_fold_split_matches_upstream_esc50(esc10: list[Example]) -> None:
 
 def test_split_column_takes_precedence() -> None:
     sides = ["train", "val", "test", "train"]
-    examples = [Example(f"/d/{i}.wav", "a", split=s) for i, s in enumerate(sides)]
+    examples = [Example(f"/d/{i}.wav", "ab"[i % 2], split=s) for i, s in enumerate(sides)]
     splits = split_examples(examples, val_fraction=0.5, test_folds=[1])
     assert [len(splits[s]) for s in ("train", "val", "test")] == [2, 1, 1]
     with pytest.raises(EatKerasError, match="have a split, the others none"):

@@ -32,13 +32,15 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import tensorflow as tf
 
 from eat_keras.audio import SAMPLE_RATE, load_audio
-from eat_keras.errors import AudioError, EatKerasError
+from eat_keras.errors import AudioError, ConfigError, EatKerasError
+
+if TYPE_CHECKING:  # reading and splitting must not import TensorFlow: bad input fails fast
+    import tensorflow as tf
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -47,9 +49,11 @@ __all__ = [
     "Example",
     "average_per_file",
     "check_no_leakage",
+    "check_unique_files",
     "class_counts",
     "class_names_of",
     "make_dataset",
+    "manifest_columns",
     "read_esc50_manifest",
     "read_folder_dataset",
     "read_manifest",
@@ -162,17 +166,38 @@ def read_esc50_manifest(
     )  # fmt: skip
 
 
-def _read_csv(csv_file: Path) -> tuple[list[str], list[tuple[int, dict[str, str | None]]]]:
+def manifest_columns(csv_path: str | os.PathLike[str]) -> list[str]:
+    """The column names of a CSV manifest, read from its header alone (to tell its format)."""
+    return _read_csv(Path(csv_path).expanduser(), header_only=True)[0]
+
+
+def _read_csv(
+    csv_file: Path, header_only: bool = False
+) -> tuple[list[str], list[tuple[int, dict[str, str | None]]]]:
     """Column names and ``(line number, row)`` pairs; a BOM from spreadsheet exports is dropped."""
     if not csv_file.is_file():
         raise EatKerasError(f"{csv_file}: manifest not found")
     try:
         with open(csv_file, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            rows = [(reader.line_num, row) for row in reader]
-            return list(reader.fieldnames or []), rows
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            reader = csv.DictReader(_text_lines(f, csv_file))
+            columns = list(reader.fieldnames or [])
+            rows = [] if header_only else [(reader.line_num, row) for row in reader]
+            return columns, rows
+    except UnicodeDecodeError as exc:
+        raise EatKerasError(
+            f"{csv_file}: not a text CSV manifest (bytes that are not UTF-8 near byte {exc.start})"
+        ) from exc
+    except (OSError, csv.Error) as exc:
         raise EatKerasError(f"{csv_file}: cannot read manifest ({exc})") from exc
+
+
+def _text_lines(lines: Iterable[str], csv_file: Path) -> Iterator[str]:
+    """The lines of a manifest; a NUL byte means a binary file, whose cells would become paths
+    that no file system accepts."""
+    for number, line in enumerate(lines, start=1):
+        if "\0" in line:
+            raise EatKerasError(f"{csv_file}, line {number}: a NUL byte: not a text CSV manifest")
+        yield line
 
 
 def _default_column(columns: list[str], given: str | None, name: str) -> str | None:
@@ -226,6 +251,7 @@ def _examples_from_rows(
         )
     if not examples:
         raise EatKerasError(f"{csv_file}: manifest has no rows")
+    check_unique_files(examples, str(csv_file))
     return examples
 
 
@@ -234,6 +260,35 @@ def _side_name(split: str, where: str) -> str:
     if side is None:
         raise EatKerasError(f"{where}: unknown split {split!r} (use train, val or test)")
     return side
+
+
+def check_unique_files(examples: Iterable[Example], source: str | None = None) -> None:
+    """Raise :class:`EatKerasError` if one file (by resolved path) is listed twice or under two
+    labels, naming the first few: a duplicate counts twice in training and in every metric, and
+    a file under two labels lands on both sides of a split and teaches the model a coin toss."""
+    labels: dict[str, list[str]] = defaultdict(list)
+    for e in examples:
+        labels[os.path.realpath(e.path)].append(e.label)
+    conflicts = [
+        f"{p} ({', '.join(sorted(set(ls)))})" for p, ls in labels.items() if len(set(ls)) > 1
+    ]
+    repeated = [f"{p} ({len(ls)} times)" for p, ls in labels.items() if len(ls) > len(set(ls))]
+    problems = []
+    if conflicts:
+        problems.append(
+            f"{len(conflicts)} file(s) under more than one label: {_first_few(conflicts)}"
+        )
+    if repeated:
+        problems.append(f"{len(repeated)} file(s) listed more than once: {_first_few(repeated)}")
+    if problems:
+        where = f"{source}: " if source else ""
+        raise EatKerasError(f"{where}{'; '.join(problems)} (list each file once, under one label)")
+
+
+def _first_few(items: Sequence[str]) -> str:
+    """``a, b, c and K more``, with at most :data:`_MAX_LISTED` items named."""
+    more = f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return ", ".join(items[:_MAX_LISTED]) + more
 
 
 # --- classes ---------------------------------------------------------------------------------
@@ -305,6 +360,12 @@ def split_examples(
     ordered = sorted(examples, key=_sort_key)
     if not ordered:
         raise EatKerasError("no examples to split")
+    check_unique_files(ordered)
+    names = class_names_of(ordered)
+    if len(names) < 2:
+        raise EatKerasError(
+            f"training needs at least two classes; all {len(ordered)} files are {names[0]!r}"
+        )
 
     with_split = [e for e in ordered if e.split is not None]
     if with_split:
@@ -502,7 +563,12 @@ class AudioCache:
         self.sample_rate = sample_rate
         self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
         if self.cache_dir is not None:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise EatKerasError(
+                    f"{self.cache_dir}: cannot make the cache folder ({exc.strerror or exc})"
+                ) from exc
         self.num_workers = num_workers or min(8, os.cpu_count() or 1)
         self.decode_count = 0
         self._memory: dict[str, np.ndarray] = {}
@@ -526,11 +592,20 @@ class AudioCache:
                 pass  # damaged cache file: decode again and overwrite it
         waveform = self._decode(path)
         if entry is not None:
-            tmp = entry.with_name(f"{entry.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
+            self._store(entry, waveform)
+        return waveform
+
+    def _store(self, entry: Path, waveform: np.ndarray) -> None:
+        tmp = entry.with_name(f"{entry.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
             with open(tmp, "wb") as f:
                 np.save(f, waveform)
             os.replace(tmp, entry)  # atomic: a reader never sees a half-written file
-        return waveform
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise EatKerasError(
+                f"{self.cache_dir}: cannot write the cache ({exc.strerror or exc})"
+            ) from exc
 
     def load_all(self, paths: Iterable[str]) -> None:
         """Decode every file not yet cached, in parallel; the first undecodable file raises
@@ -599,10 +674,12 @@ def make_dataset(
     ``None``; share one between the training and validation sets and across runs), so a bad file
     fails here and no epoch decodes audio.
     """
+    import tensorflow as tf
+
     if mode not in ("train", "eval"):
         raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
     if clip_samples <= 0 or batch_size <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"clip_samples and batch_size must be positive, got {clip_samples}, {batch_size}"
         )
     if mode == "eval" and drop_remainder:
@@ -645,6 +722,8 @@ def make_dataset(
 def average_per_file(values: tf.Tensor, index: tf.Tensor, num_files: int) -> tf.Tensor:
     """Mean of per-window ``values`` ``[W, ...]`` (e.g. logits) over the windows of each file:
     ``[num_files, ...]``, row ``i`` for ``examples[i]`` of an ``mode="eval"`` data set."""
+    import tensorflow as tf
+
     return tf.math.unsorted_segment_mean(values, tf.cast(index, tf.int32), num_files)
 
 

@@ -12,11 +12,32 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from eat_keras.errors import EatKerasError
+from eat_keras.audio import SAMPLE_RATE
+from eat_keras.errors import ConfigError, EatKerasError
+from eat_keras.labels import short_list
 from eat_keras.train.data import AudioCache, Example, average_per_file, make_dataset
 from eat_keras.train.metrics import ClassificationReport, classification_report
 
 PredictFn = Callable[[np.ndarray], np.ndarray]  # [batch, samples] → [batch, classes] logits
+
+#: The longest evaluation or training clip: a batch of clips is held in memory at once.
+MAX_CLIP_SECONDS = 60.0
+
+
+def check_clip_samples(clip_samples: int, batch_size: int) -> None:
+    """Raise :class:`ConfigError` for a clip length or batch size no evaluation can use."""
+    if not 1 <= clip_samples <= MAX_CLIP_SECONDS * SAMPLE_RATE:
+        raise ConfigError(
+            f"the clip length must be positive and at most {MAX_CLIP_SECONDS:g} s; "
+            f"got {clip_samples / SAMPLE_RATE:g} s"
+        )
+    if batch_size < 1:
+        raise ConfigError(f"the batch size must be at least 1; got {batch_size}")
+
+
+class NonFiniteLogitsError(EatKerasError):
+    """A model gave NaN or infinite logits: its weights are broken (e.g. a diverged training run),
+    and an argmax over them would still name a class."""
 
 
 def file_logits(
@@ -28,15 +49,26 @@ def file_logits(
     cache: AudioCache | None = None,
 ) -> np.ndarray:
     """``[files, classes]``: logits averaged over each file's windows of ``clip_samples``."""
+    check_clip_samples(clip_samples, batch_size)
     unknown = sorted({e.label for e in examples} - set(class_names))
     if unknown:
-        raise EatKerasError(f"labels {unknown} are not among the model's classes {list(class_names)}")
+        raise EatKerasError(
+            f"{len(unknown)} data label(s) not among the model's {len(class_names)} classes: "
+            f"{short_list(unknown)} (the model's: {short_list(class_names)})"
+        )
     dataset = make_dataset(examples, class_names, mode="eval", clip_samples=clip_samples, batch_size=batch_size, cache=cache)
     logits, index = [], []
     for batch in dataset:
         logits.append(np.asarray(predict(batch["waveform"].numpy())))
         index.append(batch["index"].numpy())
-    return average_per_file(tf.constant(np.concatenate(logits)), tf.constant(np.concatenate(index)), len(examples)).numpy()
+    averaged = average_per_file(tf.constant(np.concatenate(logits)), tf.constant(np.concatenate(index)), len(examples)).numpy()
+    broken = [e.path for e, row in zip(examples, averaged) if not np.isfinite(row).all()]
+    if broken:
+        raise NonFiniteLogitsError(
+            f"the model gives non-finite logits for {len(broken)} of {len(examples)} file(s) (e.g. {broken[0]}): "
+            "its weights are broken"
+        )
+    return averaged
 
 
 def true_ids(examples: Sequence[Example], class_names: Sequence[str]) -> np.ndarray:

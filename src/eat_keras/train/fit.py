@@ -24,13 +24,14 @@ code trains on several GPUs (``MirroredStrategy``) or workers (``MultiWorkerMirr
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ import tensorflow as tf
 import tf_keras
 
 from eat_keras.audio import seconds_to_samples
-from eat_keras.errors import EatKerasError
+from eat_keras.errors import ConfigError, EatKerasError
 from eat_keras.frontend import FrontendConfig
 from eat_keras.loading import load_tagger
 from eat_keras.models import AudioTagger, build_tagger
@@ -55,7 +56,8 @@ from eat_keras.train.data import (
     split_examples,
     split_report,
 )
-from eat_keras.train.evaluate import evaluate, true_ids
+from eat_keras.tagging import MIN_SECONDS
+from eat_keras.train.evaluate import MAX_CLIP_SECONDS, NonFiniteLogitsError, evaluate, true_ids
 from eat_keras.train.losses import (
     CombinedLoss,
     check_cb_beta,
@@ -77,6 +79,11 @@ _POSITIVE = (
 _NON_NEGATIVE = (
     "warmup_epochs", "rampdown_start", "rampdown_epochs", "last_lr_factor", "focal_gamma",
     "mixup_alpha", "gain_db", "roll_samples", "freqm", "timem", "freeze_backbone_epochs",
+)  # fmt: skip
+# Counts: a fraction would fail deep inside tf.data or Python's range().
+_INTEGER = (
+    "batch_size", "epochs", "warmup_epochs", "rampdown_start", "rampdown_epochs", "gain_db", "roll_samples",
+    "freqm", "timem", "freeze_backbone_epochs", "patience", "seed",
 )  # fmt: skip
 
 
@@ -121,17 +128,26 @@ class FinetuneConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`EatKerasError` for a setting no run can use (also a ``ValueError`` for
-        the loss settings); :func:`finetune` calls it again, as the fields can be changed."""
+        """Raise :class:`ConfigError` for a setting no run can use; :func:`finetune` calls it
+        again, as the fields can be changed."""
         if self.monitor not in MONITORS:
-            raise EatKerasError(f"monitor must be one of {sorted(MONITORS)}, got {self.monitor!r}")
+            raise ConfigError(f"monitor must be one of {sorted(MONITORS)}, got {self.monitor!r}")
         if self.label_type not in ("single_label", "multi_label"):
-            raise EatKerasError(f"label_type must be single_label or multi_label, got {self.label_type!r}")
+            raise ConfigError(f"label_type must be single_label or multi_label, got {self.label_type!r}")
+        for name in _INTEGER:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ConfigError(f"{name} must be a whole number, got {value!r}")
         for name in (*_POSITIVE, *_NON_NEGATIVE):
             value = getattr(self, name)
             if not (math.isfinite(value) and (value > 0 if name in _POSITIVE else value >= 0)):
                 bound = "> 0" if name in _POSITIVE else ">= 0"
-                raise EatKerasError(f"{name} must be finite and {bound}, got {value}")
+                raise ConfigError(f"{name} must be finite and {bound}, got {value}")
+        # The models are validated for clips of 1 s upward (as tagging's windows).
+        if not MIN_SECONDS <= self.clip_seconds <= MAX_CLIP_SECONDS:
+            raise ConfigError(
+                f"clip_seconds must be between {MIN_SECONDS:g} and {MAX_CLIP_SECONDS:g} s, got {self.clip_seconds:g}"
+            )
         check_loss_terms(self.loss_terms)
         check_cb_beta(self.cb_beta)
 
@@ -193,6 +209,18 @@ _SPLIT_HEADER = ["path", "label", "group", "side"]
 _MAX_LISTED = 3  # split differences named in one error message
 
 
+@contextlib.contextmanager
+def _writing(folder: Path) -> Iterator[None]:
+    """Word a failed write into the run folder (read-only, a file in the way, a full disk) as one
+    line; TensorFlow's checkpoint and summary writers raise their own error types."""
+    try:
+        yield
+    except OSError as exc:
+        raise EatKerasError(f"{folder}: cannot write the run folder ({exc.strerror or exc})") from exc
+    except tf.errors.OpError as exc:
+        raise EatKerasError(f"{folder}: cannot write the run folder ({exc.message})") from exc
+
+
 class _RunFolder:
     def __init__(self, out_dir: Path) -> None:
         self.root = out_dir
@@ -217,10 +245,16 @@ class _RunFolder:
         Before the first epoch finishes the folder holds no training, so a start that failed (or was
         stopped) then may be retried with other settings: the new configuration replaces the old.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise EatKerasError(f"{self.root}: a file is in the way of the run folder; use another --out")
+        with _writing(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
         wanted = config.to_dict()
         if self.holds_training() and self.config.exists():
-            earlier = json.loads(self.config.read_text())
+            try:
+                earlier = json.loads(self.config.read_text())
+            except (OSError, ValueError) as exc:
+                raise EatKerasError(f"{self.config}: cannot read the run's configuration ({exc}); use a new --out folder") from exc
             if earlier != wanted:
                 changed = sorted(k for k in set(earlier) | set(wanted) if earlier.get(k) != wanted.get(k))
                 raise EatKerasError(
@@ -228,7 +262,8 @@ class _RunFolder:
                     "use a new --out folder"
                 )
             return
-        self.config.write_text(json.dumps(wanted, indent=1) + "\n")
+        with _writing(self.root):
+            self.config.write_text(json.dumps(wanted, indent=1) + "\n")
 
     def record_split(self, splits: dict[str, list[Example]], resuming: bool) -> str:
         """Write ``split.csv`` and the report; when resuming, first check that the data give the
@@ -244,11 +279,12 @@ class _RunFolder:
                     f"({_split_differences(stored, rows)}); resume with the same data, or use a new --out folder"
                 )
         report = split_report(splits)
-        (self.root / "split_report.txt").write_text(report + "\n")
-        with self.split.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(_SPLIT_HEADER)
-            writer.writerows(rows)
+        with _writing(self.root):
+            (self.root / "split_report.txt").write_text(report + "\n")
+            with self.split.open("w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(_SPLIT_HEADER)
+                writer.writerows(rows)
         return report
 
     def log_rows(self, upto_epoch: int) -> list[dict[str, str]]:
@@ -312,6 +348,33 @@ def _checked_splits(
     if not splits["val"]:
         raise EatKerasError("the validation side is empty: set --val-fraction or --val-folds")
     return splits, class_names, counts
+
+
+def is_improvement(value: float, val_loss: float, best: float, best_loss: float, better: Any) -> bool:
+    """Whether an epoch's monitored ``value`` beats ``best`` (NaN: no best yet); ``better`` is
+    :data:`MONITORS`' ``max`` or ``min``.
+
+    Small validation sets saturate (accuracy 1.0 from an early epoch on): a tie on the monitored
+    metric goes to the lower validation loss, not to the first epoch that reached it. A non-finite
+    value never improves: ``max(nan, x)`` is NaN, so NaN would otherwise win every comparison.
+    """
+    if not math.isfinite(value):
+        return False
+    if math.isnan(best):
+        return True
+    return better(value, best) != best or (value == best and val_loss < best_loss)
+
+
+def _diverged(run: _RunFolder, epoch: int, what: str, learning_rate: float) -> EatKerasError:
+    """The error for a run whose loss or weights stopped being finite in ``epoch`` (0-based):
+    nothing of that epoch is saved, and the message says how to retry."""
+    if run.holds_training():
+        kept = f"{run.root} keeps the earlier epochs and best/; start again with a lower --lr and a new --out folder"
+    else:
+        kept = f"nothing was saved; start again with a lower --lr (in the same --out folder {run.root})"
+    return EatKerasError(
+        f"training diverged in epoch {epoch + 1}: {what} (learning rate {learning_rate:g}); {kept}"
+    )
 
 
 @dataclasses.dataclass
@@ -396,7 +459,8 @@ def finetune(
         drop_remainder=len(splits["train"]) >= 2 * config.batch_size, first_epoch=first_epoch,
     )
     steps_per_epoch = int(train_ds.cardinality())
-    writer = tf.summary.create_file_writer(str(run.root / "tensorboard")) if config.tensorboard else None
+    with _writing(run.root):
+        writer = tf.summary.create_file_writer(str(run.root / "tensorboard")) if config.tensorboard else None
 
     replicas = strategy.num_replicas_in_sync
 
@@ -446,17 +510,23 @@ def finetune(
         progbar = tf_keras.utils.Progbar(steps_per_epoch, verbose=1 if verbose else 0, unit_name="batch")
         started = time.time()
         sums: dict[str, float] = {}
+        lr = config.learning_rate * factor
         for step, batch in enumerate(distributed):
             values = {k: float(v) for k, v in train_step(batch, train_backbone).items()}
+            if not math.isfinite(values["loss"]):
+                raise _diverged(run, epoch, f"the training loss became {values['loss']} at step {step + 1}", lr)
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             progbar.update(step + 1, [(k, v) for k, v in values.items()])
-        report, val_logits = evaluate(predict, splits["val"], class_names, clip_samples, config.batch_size, cache)
+        try:
+            report, val_logits = evaluate(predict, splits["val"], class_names, clip_samples, config.batch_size, cache)
+        except NonFiniteLogitsError:
+            raise _diverged(run, epoch, "the model's validation logits became non-finite", lr) from None
         val_targets = tf.one_hot(true_ids(splits["val"], class_names), len(class_names))
         val_loss = float(cross_entropy(val_targets, tf.constant(val_logits), config.loss_form))
         row: dict[str, Any] = {
             "epoch": epoch + 1,
-            "lr": config.learning_rate * factor,
+            "lr": lr,
             "backbone_trained": int(train_backbone),
             **{f"train_{k}": v / max(step + 1, 1) for k, v in sums.items()},
             "val_loss": val_loss,
@@ -466,19 +536,16 @@ def finetune(
         }
         history.append(row)
         value = row[config.monitor]
-        # Small validation sets saturate (accuracy 1.0 from an early epoch on): a tie on the
-        # monitored metric goes to the lower validation loss, not to the first epoch that reached it.
-        best = float(best_var)
-        improved = math.isnan(best) or better(value, best) != best or (value == best and val_loss < float(best_loss_var))
-        if improved:
+        if is_improvement(value, val_loss, float(best_var), float(best_loss_var), better):
             best_var.assign(value)
             best_loss_var.assign(val_loss)
             best_epoch_var.assign(epoch + 1)
             bad_epochs_var.assign(0)
-            save_tagger(
-                tagger, run.best, source=f"fine-tuned from {config.model}, epoch {epoch + 1}",
-                training={"clip_seconds": config.clip_seconds, "epoch": epoch + 1, config.monitor: value},
-            )
+            with _writing(run.root):
+                save_tagger(
+                    tagger, run.best, source=f"fine-tuned from {config.model}, epoch {epoch + 1}",
+                    training={"clip_seconds": config.clip_seconds, "epoch": epoch + 1, config.monitor: value},
+                )
         else:
             bad_epochs_var.assign_add(1)
         say(
@@ -486,18 +553,21 @@ def finetune(
             f"val_acc {report.accuracy:.4f} val_f1 {report.macro_f1:.4f} val_loss {val_loss:.4f}"
             f" (best {config.monitor} {float(best_var):.4f} @ {int(best_epoch_var)})"
         )
-        if writer is not None:
-            with writer.as_default(step=epoch + 1):
-                for k, v in row.items():
-                    if k != "epoch":
-                        tf.summary.scalar(k, v)
         epoch_var.assign(epoch + 1)
-        run.write_log(history)
-        manager.save(checkpoint_number=epoch + 1)
+        with _writing(run.root):
+            if writer is not None:
+                with writer.as_default(step=epoch + 1):
+                    for k, v in row.items():
+                        if k != "epoch":
+                            tf.summary.scalar(k, v)
+            run.write_log(history)
+            manager.save(checkpoint_number=epoch + 1)
         if int(bad_epochs_var) >= config.patience:
             say(f"early stop: no {config.monitor} improvement for {config.patience} epochs")
             break
 
+    if history and int(best_epoch_var) == 0:
+        raise EatKerasError(f"no epoch gave a finite {config.monitor}: nothing was saved as {run.best}")
     test_report = None
     if splits["test"]:
         from eat_keras.models.saving import load_tagger_dir

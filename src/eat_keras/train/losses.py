@@ -46,13 +46,16 @@ class LossSettingError(ConfigError):
 
 
 def check_loss_terms(terms: Mapping[str, float]) -> None:
-    """Refuse unknown or no term names, and weights that are negative or not finite."""
+    """Refuse unknown or no term names, weights that are negative or not finite, and weights that
+    are all zero (a zero loss has zero gradients: the run would train nothing)."""
     unknown = sorted(set(terms) - set(TERM_NAMES))
     if unknown or not terms:
         raise LossSettingError(f"loss terms must be among {TERM_NAMES}, got {sorted(terms)}")
     bad = {name: w for name, w in terms.items() if not (np.isfinite(w) and w >= 0)}
     if bad:
         raise LossSettingError(f"loss term weights must be finite and >= 0, got {bad}")
+    if not any(w > 0 for w in terms.values()):
+        raise LossSettingError(f"at least one loss term weight must be > 0, got {dict(terms)}")
 
 
 def check_cb_beta(beta: float) -> None:

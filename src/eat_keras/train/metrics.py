@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from eat_keras.errors import EatKerasError
+
 
 @dataclasses.dataclass
 class ClassificationReport:
@@ -87,8 +89,15 @@ def classification_report(
 
 
 def write_report_files(report: ClassificationReport, out_dir: str | Path) -> list[Path]:
-    """``metrics.json``, ``per_class.csv``, ``confusion_matrix.csv`` and ``confusion_matrix.png``."""
-    out_dir = Path(out_dir)
+    """``metrics.json``, ``per_class.csv``, ``confusion_matrix.csv`` and ``confusion_matrix.png``;
+    a folder that cannot be written (read-only, a file in the way, a full disk) is one error line."""
+    try:
+        return _write_report_files(report, Path(out_dir))
+    except OSError as exc:
+        raise EatKerasError(f"{out_dir}: cannot write the evaluation report ({exc.strerror or exc})") from exc
+
+
+def _write_report_files(report: ClassificationReport, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "metrics.json", out_dir / "per_class.csv", out_dir / "confusion_matrix.csv"]
     written[0].write_text(json.dumps(report.to_dict(), indent=1) + "\n")
