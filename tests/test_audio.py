@@ -9,7 +9,18 @@ import pytest
 import soundfile as sf
 
 from conftest import CLIPS
-from eat_keras.audio import SAMPLE_RATE, AudioFileSignal, check_min_length, load_audio, open_audio, resample
+from eat_keras.audio import (
+    MAX_CHANNELS,
+    MAX_FILE_SAMPLE_RATE,
+    MIN_FILE_SAMPLE_RATE,
+    SAMPLE_RATE,
+    AudioFileSignal,
+    audio_info,
+    check_min_length,
+    load_audio,
+    open_audio,
+    resample,
+)
 from eat_keras.errors import AudioError, EatKerasError
 
 
@@ -149,14 +160,57 @@ def test_corrupt_file(tmp_path: Path) -> None:
     _assert_audio_error(path, "cannot decode")
 
 
-def test_truncated_data_gives_partial_audio(tmp_path: Path) -> None:
-    """A WAV cut mid-data (header claims 32000 frames) decodes what is there, no crash."""
+def test_wav_cut_mid_data_is_refused_naming_what_is_missing(tmp_path: Path) -> None:
+    """libsndfile sizes a WAV by what the file holds; the data chunk's declared size tells it was cut."""
     data = _wav_bytes(tmp_path)
     path = tmp_path / "cut.wav"
-    path.write_bytes(data[: 44 + 2 * 10000])  # 44-byte header + 10000 16-bit frames
-    wav = load_audio(path)
-    assert len(wav) == 10000
-    assert np.isfinite(wav).all()
+    path.write_bytes(data[: 44 + 2 * 10000])  # 44-byte header + 10000 of the 32000 16-bit frames
+    message = _assert_audio_error(path, "truncated", "32000 frames", "10000")
+    assert "0.688 s are missing" in message
+
+
+@pytest.mark.parametrize(
+    ("suffix", "fmt", "subtype", "sr"),
+    [(".wav", "WAV", "FLOAT", 44100), (".aiff", "AIFF", "PCM_24", 32000), (".ogg", "OGG", "VORBIS", 32000),
+     (".opus", "OGG", "OPUS", 48000)],
+)
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_files_cut_short_are_refused(tmp_path: Path, suffix: str, fmt: str, subtype: str, sr: int, keep: float) -> None:
+    """Stereo WAV, AIFF, Ogg Vorbis and Opus cut at half or 90 %: refused, not decoded partially."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((3 * sr, 2)) * 0.2).astype(np.float32)
+    src = tmp_path / f"src{suffix}"
+    sf.write(src, x, sr, format=fmt, subtype=subtype)
+    assert len(load_audio(src)) > 0  # the whole file is fine
+    data = src.read_bytes()
+    path = tmp_path / f"cut{suffix}"
+    path.write_bytes(data[: int(len(data) * keep)])
+    _assert_audio_error(path, "truncated", "missing")
+    with pytest.raises(AudioError, match="truncated"):
+        with open_audio(path, stream=True):
+            pass
+
+
+@pytest.fixture
+def mp3_file(tmp_path: Path) -> Path:
+    path = tmp_path / "src.mp3"
+    try:
+        sf.write(path, _sine(440, 32000, 3.0), 32000, format="MP3", subtype="MPEG_LAYER_III")
+    except (sf.LibsndfileError, TypeError, ValueError) as exc:  # libsndfile built without mpg123/lame
+        pytest.skip(f"no MP3 support: {exc}")
+    return path
+
+
+def test_mp3_decoding_short_of_its_header_is_refused(tmp_path: Path, mp3_file: Path, short_stream_threshold: float) -> None:
+    """An MP3's frame count comes from its header, and decoding stops early: whole or streamed."""
+    data = mp3_file.read_bytes()
+    path = tmp_path / "cut.mp3"
+    path.write_bytes(data[: len(data) // 2])
+    _assert_audio_error(path, "truncated", "decoding stops after")
+    with open_audio(path, stream=True) as signal:
+        assert isinstance(signal, AudioFileSignal)
+        with pytest.raises(AudioError, match="truncated: .* decoding stops after"):
+            signal[0 : len(signal)]
 
 
 @pytest.mark.parametrize("keep", [4, 12, 20, 30, 44])
@@ -189,6 +243,69 @@ def test_non_finite_samples(tmp_path: Path, bad: float, subtype: str) -> None:
     path = tmp_path / "nan.wav"
     sf.write(path, x, 44100, subtype=subtype)
     _assert_audio_error(path, "non-finite")
+
+
+# --- implausible headers and files that are not regular ---------------------------------------
+
+
+@pytest.mark.parametrize(("rate", "words"), [(1, "1 hz"), (999, "999 hz"), (800_000, "800000 hz")])
+def test_implausible_sample_rates_are_refused_before_decoding(tmp_path: Path, rate: int, words: str) -> None:
+    """A 200 KB WAV claiming 1 Hz would be resampled to 3.2 G samples; refused from the header."""
+    from audio_files import wav_with_rate
+
+    path = wav_with_rate(tmp_path / f"rate_{rate}.wav", rate, 200_000)
+    _assert_audio_error(path, "implausible sample rate", words, "1000 hz to 768 khz")
+    with pytest.raises(AudioError, match="implausible sample rate"):
+        audio_info(path)
+
+
+def test_the_sample_rate_bounds_themselves_are_accepted(tmp_path: Path) -> None:
+    from audio_files import wav_with_rate
+
+    for rate in (MIN_FILE_SAMPLE_RATE, MAX_FILE_SAMPLE_RATE):
+        path = wav_with_rate(tmp_path / f"rate_{rate}.wav", rate, 4000)
+        assert len(load_audio(path)) == -(-1978 * SAMPLE_RATE // rate)
+
+
+def test_absurd_channel_counts_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "many.wav"
+    sf.write(path, np.zeros((64, MAX_CHANNELS + 1), np.float32), SAMPLE_RATE)
+    _assert_audio_error(path, "implausible channel count", str(MAX_CHANNELS + 1))
+
+
+def test_flac_claiming_more_frames_than_it_can_hold_is_refused(tmp_path: Path) -> None:
+    """A small FLAC whose STREAMINFO claims 2^36 frames (128 GiB as float32 stereo) is refused from
+    its header; one claiming a little more than it holds is refused when decoding stops short."""
+    from audio_files import flac_claiming_frames
+
+    bomb = flac_claiming_frames(tmp_path / "bomb.flac", (1 << 36) - 1)  # the field's largest value
+    message = _assert_audio_error(bomb, "68719476735 frames", "bytes of pcm_16 audio can hold")
+    assert "h)" in message  # the claimed length in hours
+    unknown = flac_claiming_frames(tmp_path / "unknown.flac", 0)  # 0: length not stated
+    _assert_audio_error(unknown, "does not state how many frames")
+    short = flac_claiming_frames(tmp_path / "short.flac", 48000)  # holds 32000
+    _assert_audio_error(short, "cannot decode")
+
+
+def test_a_fifo_is_not_a_regular_file(tmp_path: Path) -> None:
+    """Opening a FIFO would block; it is refused from its file type, not reported as empty."""
+    import os
+
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    message = _assert_audio_error(fifo, "fifo", "not a regular file")
+    assert "empty" not in message
+
+
+def test_symlinks_that_loop_or_dangle_say_so(tmp_path: Path) -> None:
+    import os
+
+    os.symlink(tmp_path / "b.wav", tmp_path / "a.wav")
+    os.symlink(tmp_path / "a.wav", tmp_path / "b.wav")
+    message = _assert_audio_error(tmp_path / "a.wav", "symbolic link loop")
+    assert "not found" not in message
+    os.symlink(tmp_path / "gone.wav", tmp_path / "dangling.wav")
+    _assert_audio_error(tmp_path / "dangling.wav", "not found", "broken symbolic link", "gone.wav")
 
 
 def test_check_min_length() -> None:
@@ -273,21 +390,83 @@ def test_read_into_writes_what_slicing_returns(
             assert (out[filled:] == 7.0).all()  # nothing written past the end of the file
 
 
-def test_open_audio_loads_whole_when_streaming_cannot_help(tmp_path: Path, short_stream_threshold: float) -> None:
-    """Resampled files (soxr's one-shot result is the reference), short files, or stream=False."""
+def test_open_audio_streams_long_files_at_any_rate(tmp_path: Path, short_stream_threshold: float) -> None:
+    """Long files stream whatever their rate; short files, and stream=False, are loaded whole."""
     long_44k = tmp_path / "long_44k.wav"
     sf.write(long_44k, _sine(440, 44100, 3.0), 44100)
-    short = tmp_path / "short.wav"
-    sf.write(short, _sine(440, SAMPLE_RATE, 1.0), SAMPLE_RATE)
     long_32k = tmp_path / "long_32k.wav"
     sf.write(long_32k, _sine(440, SAMPLE_RATE, 3.0), SAMPLE_RATE)
-    for path, stream in [(long_44k, True), (short, True), (long_32k, False)]:
+    short = tmp_path / "short.wav"
+    sf.write(short, _sine(440, SAMPLE_RATE, 1.0), SAMPLE_RATE)
+    short_many_channels = tmp_path / "short_4ch.wav"  # 1 s but 4 s of samples over its channels
+    sf.write(short_many_channels, np.tile(_sine(440, 48000, 1.0)[:, None], (1, 4)), 48000)
+    for path, stream, streamed in [
+        (long_44k, True, True), (long_32k, True, True), (short_many_channels, True, True),
+        (short, True, False), (long_44k, False, False), (long_32k, False, False),
+    ]:
         with open_audio(path, stream=stream) as waveform:
-            assert isinstance(waveform, np.ndarray)
-            np.testing.assert_array_equal(waveform, load_audio(path))
+            assert isinstance(waveform, AudioFileSignal) == streamed, (path.name, stream)
+            np.testing.assert_array_equal(waveform[0 : len(waveform)], load_audio(path))
     with pytest.raises(AudioError, match="not found"):
         with open_audio(tmp_path / "missing.wav", stream=True):
             pass
+
+
+def _read_in_windows(signal: AudioFileSignal, window: int, hop: int) -> np.ndarray:
+    """Every sample, read as tagging reads: overlapping windows in order, through read_into."""
+    out = np.zeros(len(signal), np.float32)
+    row = np.empty(window, np.float32)
+    for start in range(0, len(signal), hop):
+        filled = signal.read_into(start, row)
+        assert filled == min(window, len(signal) - start)
+        out[start : start + filled] = row[:filled]
+    return out
+
+
+@pytest.mark.parametrize(("sr_in", "channels"), [(44100, 1), (22050, 1), (48000, 2), (11025, 3)])
+@pytest.mark.parametrize("block_samples", [1000, 4096 * 3 + 7])
+def test_streamed_resampling_equals_the_one_shot_result(
+    tmp_path: Path, short_stream_threshold: float, sr_in: int, channels: int, block_samples: int
+) -> None:
+    """soxr's streaming resampler fed block by block gives load_audio's one-shot soxr HQ samples,
+    bit for bit, and the same length (librosa's ceil): soxr filters the same input through the same
+    fixed-size internal blocks whatever sizes it is fed in. Blocks far smaller than a window, and
+    windows that overlap, skip ahead (hop longer than the window) or go back (a rewind)."""
+    rng = np.random.default_rng(sr_in)
+    x = (rng.standard_normal((int(3.7 * sr_in) + 11, channels)) * 0.3).astype(np.float32)
+    path = tmp_path / "noise.wav"
+    sf.write(path, x, sr_in, subtype="FLOAT")
+    one_shot = load_audio(path)
+    assert len(one_shot) == -(-len(x) * SAMPLE_RATE // sr_in)
+    with open_audio(path, stream=True, block_samples=block_samples) as signal:
+        assert isinstance(signal, AudioFileSignal) and len(signal) == len(one_shot)
+        np.testing.assert_array_equal(_read_in_windows(signal, 32000, 24000), one_shot)
+        np.testing.assert_array_equal(signal[5000:9000], one_shot[5000:9000])  # back: rewinds
+        np.testing.assert_array_equal(signal[90000:90500], one_shot[90000:90500])  # ahead, a gap
+        np.testing.assert_array_equal(signal[len(one_shot) - 300 : len(one_shot) + 50], one_shot[-300:])
+
+
+@pytest.mark.parametrize(("window_s", "hop_s"), [(10, 10), (1, 120)])
+def test_streaming_a_long_resampled_file_holds_about_a_window(tmp_path: Path, window_s: int, hop_s: int) -> None:
+    """Ten minutes at 44.1 kHz read in windows, back to back or with two minutes skipped between
+    them: numpy's peak allocation stays within a few 10 s windows, where the whole file would take
+    180 MB (decoded and resampled)."""
+    import tracemalloc
+
+    from audio_files import sparse_wav
+
+    path = sparse_wav(tmp_path / "long_44k.wav", 44100, 600.0)
+    window = np.empty(window_s * SAMPLE_RATE, np.float32)
+    tracemalloc.start()
+    try:
+        with open_audio(path, stream=True) as signal:
+            assert isinstance(signal, AudioFileSignal) and len(signal) == 600 * SAMPLE_RATE
+            for start in range(0, len(signal), hop_s * SAMPLE_RATE):
+                assert signal.read_into(start, window) == len(window)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 10 * SAMPLE_RATE * 4, f"{peak / 2**20:.1f} MiB"
 
 
 def test_streamed_nan_is_reported_with_the_window_that_holds_it(tmp_path: Path, short_stream_threshold: float) -> None:
