@@ -21,7 +21,8 @@ from eat_keras.models.dymn import DynamicInvertedResidual, context_size
 from eat_keras.presets import get_preset
 from eat_keras.weights.architecture import infer_config_from_state
 from eat_keras.weights.loader import load_tagger_from_file
-from eat_keras.weights.mapping import _expected_source_shapes, assign_state_dict, weight_slots
+from eat_keras.weights.mapping import assign_state_dict, weight_slots
+from eat_keras.weights.slots import expected_source_shapes
 from tolerances import OP_RTOL, assert_close
 
 TOL = 1e-4  # issue maximum; measured ~8e-6
@@ -276,7 +277,7 @@ def test_replace_se_state_dict_is_recognised_and_fills_every_weight():
     rng = np.random.default_rng(5)
     state = {}
     for slot in weight_slots(net):
-        for key, shape in _expected_source_shapes(slot).items():
+        for key, shape in expected_source_shapes(slot).items():
             state[key] = rng.standard_normal(shape).astype(np.float32)
         if slot.kind == "constant":
             state[slot.prefix] = getattr(slot.layer, slot.attr)

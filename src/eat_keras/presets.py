@@ -31,7 +31,7 @@ class Preset:
 
     @property
     def exact_params(self) -> int | None:
-        """sum(p.numel()) of the upstream model, where the spec verified it by instantiation."""
+        """sum(p.numel()) of the upstream model, where it was checked by instantiating that model."""
         c = self.config
         return _EXACT_PARAMS.get((c.arch, c.width_mult, c.use_dy_blocks, c.head_type, c.num_classes))
 
@@ -61,7 +61,7 @@ def _add(name: str, filename: str, config: ModelConfig, mAP: float | None, param
 
 
 def _mn(width: str, **changes) -> ModelConfig:
-    return ModelConfig(arch="mn", width_mult=_WIDTHS[width], **changes)
+    return ModelConfig.for_arch("mn", width_mult=_WIDTHS[width], **changes)
 
 
 for _w, _map in {"01": 298, "02": 378, "04": 432, "05": 443, "10": 471, "20": 478, "30": 482, "40": 484}.items():
@@ -113,7 +113,7 @@ for _suffix, _strides in (("", (2, 2, 2, 2)), ("_s2221", (2, 2, 2, 1)), ("_s2211
 # ImageNet-pretrained feature extractors (1 input channel, randomly initialised 527-class head):
 # starting points for AudioSet training, not taggers.
 _add("mn10_im_pytorch", "mn10_im_pytorch.pt", _mn("10"), None, _MN_PARAMS_M["10"], "torchvision ImageNet MobileNetV3, adapted")
-# upstream releases these widths only (spec §5.2: no mn06_im)
+# upstream releases ImageNet weights for these widths only (there is no mn06_im)
 for _w in ("01", "02", "04", "05", "10", "20", "30", "40"):
     _add(f"mn{_w}_im", f"mn{_w}_im.pt", _mn(_w), None, _MN_PARAMS_M.get(_w), f"MN width {_WIDTHS[_w]:g}, ImageNet")
 
@@ -145,17 +145,15 @@ _EXACT_PARAMS.update(
     {("dymn", w, "all", "mlp", 527): n for w, n in ((0.4, 1_961_239), (1.0, 10_548_479), (2.0, 39_966_143))}
 )
 _DYMN_README_PARAMS_M = {"04": 1.97, "10": 10.57, "20": 40.02}
-# AudioSet checkpoints were trained to the end of the temperature schedule: τ = 1.0 (upstream's
-# pretrain_final_temp default). It is not stored in the files.
-_DYMN_AS_TEMPERATURE = 1.0
 # ImageNet checkpoints are starting points: upstream trains AudioSet models from them with
 # --pretrain_final_temp=30, i.e. the dynamic convs start at τ = 30 (softer kernel attention) and the
 # schedule anneals it to 1. Loading them with τ = 1 would not be what upstream starts from.
 _DYMN_IM_TEMPERATURE = 30.0
 
 
-def _dymn(width: str, temperature: float = _DYMN_AS_TEMPERATURE, **changes) -> ModelConfig:
-    return ModelConfig(arch="dymn", width_mult=_WIDTHS[width], dyconv_temperature=temperature, **changes)
+def _dymn(width: str, **changes) -> ModelConfig:
+    """AudioSet checkpoints run at the family's default temperature (``DEFAULT_TEMPERATURE``)."""
+    return ModelConfig.for_arch("dymn", width_mult=_WIDTHS[width], **changes)
 
 
 # mAP: from the file name where it has one (dymn20_as_mAP_493: 49.3, the README prints 49.1 for
@@ -187,7 +185,7 @@ for _w in ("04", "10", "20"):
     _add(
         f"dymn{_w}_im",
         f"dymn{_w}_im.pt",
-        _dymn(_w, temperature=_DYMN_IM_TEMPERATURE),
+        _dymn(_w, dyconv_temperature=_DYMN_IM_TEMPERATURE),
         None,
         _DYMN_README_PARAMS_M[_w],
         f"DyMN width {_WIDTHS[_w]:g}, ImageNet (fine-tune starting point, τ = 30)",

@@ -75,6 +75,8 @@ MN_BLOCK_TABLE: tuple[tuple[int, int, int, int, bool, str, int | None], ...] = (
 )
 # The C4 stage (last three rows) is halved by reduced_tail and dilated by dilated.
 _TAIL_START = 12
+# Blocks (0-based) whose stride is configurable (C1..C4): (1, 3, 6, 12).
+DOWNSAMPLING_BLOCKS = tuple(i for i, row in enumerate(MN_BLOCK_TABLE) if row[-1] is not None)
 
 
 def block_specs(

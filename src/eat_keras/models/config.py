@@ -11,8 +11,8 @@ import numpy as np
 
 from eat_keras.errors import ConfigError
 from eat_keras.frontend import FrontendConfig
+from eat_keras.models.registry import get_arch
 
-ARCHS = ("mn", "dymn")
 HEAD_TYPES = ("mlp", "fully_convolutional", "attention_pooling")
 LABEL_TYPES = ("multi_label", "single_label")
 DY_BLOCK_MODES = ("all", "replace_se")
@@ -39,6 +39,8 @@ def _frontend_config(value: Any) -> FrontendConfig:
 class ModelConfig:
     """Architecture + front-end. A preset name resolves to one of these (see ``eat_keras.presets``).
 
+    ``arch`` names a registered model family (``eat_keras.models.registry``).
+
     ``strides`` are the strides of the four downsampling blocks (C1..C4), square as in upstream.
     ``label_type`` chooses how scores are derived from logits: sigmoid (AudioSet, multi-label) or
     softmax (single-label fine-tuned models).
@@ -60,8 +62,9 @@ class ModelConfig:
     frontend: FrontendConfig = dataclasses.field(default_factory=FrontendConfig)
 
     def __post_init__(self) -> None:
+        get_arch(self.arch)  # a registered family (see eat_keras.models.registry)
         for name, allowed in (
-            ("arch", ARCHS), ("head_type", HEAD_TYPES), ("label_type", LABEL_TYPES), ("use_dy_blocks", DY_BLOCK_MODES)
+            ("head_type", HEAD_TYPES), ("label_type", LABEL_TYPES), ("use_dy_blocks", DY_BLOCK_MODES)
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -93,6 +96,11 @@ class ModelConfig:
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
             object.__setattr__(self, name, bool(getattr(self, name)))
+
+    @classmethod
+    def for_arch(cls, arch: str, **changes: Any) -> "ModelConfig":
+        """A config of family ``arch``: its ``default_config``, then ``changes``."""
+        return cls.from_dict({**get_arch(arch).default_config, **changes, "arch": arch})
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

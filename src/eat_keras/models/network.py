@@ -1,4 +1,7 @@
-"""EfficientATNet: stem → blocks → last conv → head, shared by MN and DyMN.
+"""EfficientATNet: stem → blocks → last conv → head, shared by every model family.
+
+The family (``config.arch``, see ``eat_keras.models.registry``) builds the blocks; stem, last conv
+and head are common.
 
 Input is the normalised log-mel in NHWC, ``[batch, n_mels, frames, 1]``; any batch size and any
 number of frames. Outputs a dict: ``logits`` [B, classes], ``embedding`` [B, 6·C] (global mean of the
@@ -8,7 +11,7 @@ Method names follow timm: ``forward_features``, ``forward_head``, ``reset_classi
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import tensorflow as tf
 import tf_keras
@@ -17,13 +20,7 @@ from eat_keras.layers import ConvBNAct
 from eat_keras.models.blocks import block_specs, last_channels, make_divisible
 from eat_keras.models.config import ModelConfig
 from eat_keras.models.heads import build_head
-
-BlockBuilder = Callable[[ModelConfig], list[tf_keras.layers.Layer]]
-_BLOCK_BUILDERS: dict[str, BlockBuilder] = {}
-
-
-def register_block_builder(arch: str, builder: BlockBuilder) -> None:
-    _BLOCK_BUILDERS[arch] = builder
+from eat_keras.models.registry import get_arch
 
 
 @tf_keras.utils.register_keras_serializable(package="eat_keras")
@@ -37,7 +34,7 @@ class EfficientATNet(tf_keras.Model):
         self.stem = ConvBNAct(
             specs[0].in_channels, 3, strides=2, activation="hardswish", name="stem"
         )
-        self.blocks = _BLOCK_BUILDERS[c.arch](c)
+        self.blocks = get_arch(c.arch).build_blocks(c)
         self.num_features = 6 * specs[-1].out_channels
         self.last_conv = ConvBNAct(self.num_features, 1, activation="hardswish", name="last_conv")
         self.head = build_head(
@@ -95,4 +92,4 @@ def count_parameters(model: tf_keras.Model) -> int:
     )
 
 
-__all__ = ["EfficientATNet", "count_parameters", "make_divisible", "register_block_builder"]
+__all__ = ["EfficientATNet", "count_parameters", "make_divisible"]

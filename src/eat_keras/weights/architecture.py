@@ -20,6 +20,7 @@ from eat_keras.errors import ArchitectureMismatchError, ConfigError
 from eat_keras.frontend import FrontendConfig
 from eat_keras.models.blocks import block_specs
 from eat_keras.models.config import ModelConfig
+from eat_keras.models.registry import ArchSpec, get_arch, registered_archs
 
 # Width multipliers of every upstream release (NAME_TO_WIDTH) plus the ImageNet-only 0.6.
 KNOWN_WIDTHS = (0.1, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 2.0, 3.0, 4.0)
@@ -43,43 +44,49 @@ def width_from_channels(stem_channels: int, last_channels: int, source: str) -> 
 
 def default_label_type(num_classes: int) -> str:
     # AudioSet heads are multi-label; a re-headed checkpoint is most often a single-label task
-    # (ESC-50, the seed's 20 classes). Users override with --label-type.
+    # (ESC-50, a fine-tuned classifier). Users override with --label-type.
     return "multi_label" if num_classes == AUDIOSET_CLASSES else "single_label"
+
+
+def state_dict_family(state: Mapping[str, np.ndarray], source: str) -> ArchSpec:
+    """The registered family whose stem key (``StateDictSignature.stem_key``) the state dict holds."""
+    families = registered_archs()
+    for spec in families:
+        if spec.state_dict.stem_key in state:
+            return spec
+    names = " or ".join(spec.display_name for spec in families)
+    stems = " or ".join(spec.state_dict.stem_key for spec in families)
+    raise ArchitectureMismatchError(
+        f"{source}: not an EfficientAT {names} state dict (no {stems} among {len(state)} tensors; "
+        f"first key {next(iter(state), None)!r})"
+    )
+
+
+def head_fields(state: Mapping[str, np.ndarray], source: str) -> dict[str, Any]:
+    """Head type and class count from the ``classifier.*`` tensors every family shares."""
+    if "classifier.5.weight" in state:
+        return {"head_type": "mlp", "num_classes": int(state["classifier.5.weight"].shape[0])}
+    if "classifier.0.weight" in state:
+        return {"head_type": "fully_convolutional", "num_classes": int(state["classifier.0.weight"].shape[0])}
+    if "classifier.subspace_proj.weight" in state:
+        heads = int(np.shape(state["classifier.head_weight"])[1])
+        classes = int(state["classifier.subspace_proj.weight"].shape[0]) // (2 * heads)
+        return {"head_type": "attention_pooling", "num_classes": classes}
+    raise ArchitectureMismatchError(f"{source}: no classifier tensors (classifier.*) found")
 
 
 def infer_config_from_state(state: Mapping[str, np.ndarray], source: str) -> dict[str, Any]:
     """Architecture fields of :class:`ModelConfig` that the tensors determine."""
-    if "features.0.0.weight" in state:
-        arch, stem_key, last_key = "mn", "features.0.0.weight", None
-        last_idx = max(int(k.split(".")[1]) for k in state if k.startswith("features."))
-        last_key = f"features.{last_idx}.0.weight"
-        fields: dict[str, Any] = {"arch": arch}
-    elif "in_c.0.weight" in state:
-        stem_key, last_key = "in_c.0.weight", "out_c.0.weight"
-        mode = "all" if "layers.0.depth_conv.weight" in state else "replace_se"
-        fields = {"arch": "dymn", "use_dy_blocks": mode}
-    else:
-        raise ArchitectureMismatchError(
-            f"{source}: not an EfficientAT MN or DyMN state dict (no features.0.0.weight or "
-            f"in_c.0.weight among {len(state)} tensors; first key {next(iter(state), None)!r})"
-        )
+    spec = state_dict_family(state, source)
+    signature = spec.state_dict
+    last_key = signature.last_conv_key(state.keys())
     if last_key not in state:
         raise ArchitectureMismatchError(f"{source}: tensor {last_key} (last conv) is missing")
+    fields: dict[str, Any] = {"arch": spec.name, **signature.extra_fields(state)}
     fields["width_mult"] = width_from_channels(
-        int(state[stem_key].shape[0]), int(state[last_key].shape[0]), source
+        int(state[signature.stem_key].shape[0]), int(state[last_key].shape[0]), source
     )
-    if "classifier.5.weight" in state:
-        fields["head_type"], classes = "mlp", int(state["classifier.5.weight"].shape[0])
-    elif "classifier.0.weight" in state:
-        fields["head_type"], classes = "fully_convolutional", int(state["classifier.0.weight"].shape[0])
-    elif "classifier.subspace_proj.weight" in state:
-        heads = int(np.shape(state["classifier.head_weight"])[1])
-        fields["head_type"] = "attention_pooling"
-        classes = int(state["classifier.subspace_proj.weight"].shape[0]) // (2 * heads)
-    else:
-        raise ArchitectureMismatchError(f"{source}: no classifier tensors (classifier.*) found")
-    fields["num_classes"] = classes
-    return fields
+    return {**fields, **head_fields(state, source)}
 
 
 def hints_from_name(name: str) -> dict[str, Any]:
@@ -127,14 +134,17 @@ def sidecar_config(path: Path) -> dict[str, Any]:
 def resolve_config(
     inferred: Mapping[str, Any], path: Path | None, overrides: Mapping[str, Any] | None
 ) -> ModelConfig:
-    """Combine, by increasing priority: defaults < file-name hints < sidecar json < inferred
-    tensor facts < explicit overrides (a user who says strides=(2,2,1,1) means it)."""
+    """Combine, by increasing priority: the family's defaults (``ArchSpec.default_config``) <
+    file-name hints < sidecar json < inferred tensor facts < explicit overrides (a user who says
+    strides=(2,2,1,1) means it)."""
     fields: dict[str, Any] = {}
     frontend: dict[str, Any] = {}
     layers = []
     if path is not None:
         layers += [hints_from_name(path.stem), sidecar_config(path)]
     layers += [dict(inferred), dict(overrides or {})]
+    arch = next((layer["arch"] for layer in reversed(layers) if layer.get("arch") is not None), ModelConfig.arch)
+    layers.insert(0, dict(get_arch(arch).default_config))
     for layer in layers:
         layer = dict(layer)
         fe = layer.pop("frontend", None)

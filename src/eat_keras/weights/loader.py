@@ -8,6 +8,7 @@ from typing import Any
 
 from eat_keras.errors import WeightFileError
 from eat_keras.models import AudioTagger, ModelConfig, build_tagger
+from eat_keras.models.registry import registered_archs
 from eat_keras.weights import onnx_reader
 from eat_keras.weights.architecture import (
     TENSOR_DETERMINED_FIELDS,
@@ -19,7 +20,6 @@ from eat_keras.weights.pt_reader import read_pt_state_dict
 
 PT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 ONNX_SUFFIXES = (".onnx",)
-_ANCHORS = ("features.0.0.weight", "in_c.0.weight")
 
 
 def is_weight_file(path: str | Path) -> bool:
@@ -60,7 +60,8 @@ def load_tagger_from_file(
         tagger = build_tagger(config, class_names)
         state = onnx_reader.state_dict_from_ops(ops, weight_slots(tagger.net), source)
     elif suffix in PT_SUFFIXES:
-        state = strip_wrapper_prefix(read_pt_state_dict(path), _ANCHORS)
+        stem_keys = tuple(spec.state_dict.stem_key for spec in registered_archs())
+        state = strip_wrapper_prefix(read_pt_state_dict(path), stem_keys)
         inferred = infer_config_from_state(state, source)
         config = resolve_config(inferred, path, overrides)
         _check_against_preset(config, preset_config, source)

@@ -4,8 +4,9 @@ Exports differ in ways that break name-based loading: with constant folding (the
 exporter fuses each BatchNorm into the preceding Conv and gives the result generated names
 (``onnx::Conv_896``); wrappers add prefixes (``m.``); without folding BatchNormalization nodes
 keep the state-dict names. So the reader ignores names: it lists the graph's parametric ops
-(Conv [+ BatchNormalization], Gemm, MatMul [+ Add]) in data-flow order, infers the architecture
-from their shapes and attributes, and pairs them one by one with the model's weight slots
+(Conv [+ BatchNormalization], Gemm, MatMul [+ Add]) in data-flow order, lets the registered model
+families recognise their structure (``ArchSpec.onnx_fields``) and read the configuration from the
+ops' shapes and attributes, and pairs the ops one by one with the model's weight slots
 (``mapping.weight_slots``), checking every shape.
 
 DyMN graphs are recognised by structure as well. Upstream DyMN exports only at a fixed shape
@@ -32,9 +33,10 @@ from typing import Any
 import numpy as np
 
 from eat_keras.errors import ArchitectureMismatchError, WeightFileError
-from eat_keras.models.dymn import REPLACE_SE_DYNAMIC_BLOCKS
+from eat_keras.models.blocks import DOWNSAMPLING_BLOCKS, MN_BLOCK_TABLE
+from eat_keras.models.registry import registered_archs
 from eat_keras.weights.architecture import width_from_channels
-from eat_keras.weights.mapping import (
+from eat_keras.weights.slots import (
     BN,
     CONSTANT,
     CONV_BIAS,
@@ -42,7 +44,7 @@ from eat_keras.weights.mapping import (
     DYNAMIC_CONV,
     LINEAR,
     WeightSlot,
-    _expected_source_shapes,
+    expected_source_shapes,
 )
 
 
@@ -474,9 +476,25 @@ def read_parametric_ops(path: Path) -> list[ParametricOp]:
 
 
 def infer_config_from_ops(ops: Sequence[ParametricOp], source: str) -> dict[str, Any]:
-    """Family, width, head, classes and strides (DyMN: also block mode and τ) from the ops."""
+    """The ModelConfig fields the ops fix, as read by the one registered family that claims them
+    (``ArchSpec.onnx_fields``)."""
+    claims = [
+        fields
+        for spec in registered_archs()
+        if spec.onnx_fields is not None and (fields := spec.onnx_fields(ops, source)) is not None
+    ]
+    if len(claims) != 1:
+        names = [spec.name for spec in registered_archs() if spec.onnx_fields is not None]
+        raise ArchitectureMismatchError(
+            f"{source}: the graph matches {len(claims)} of the model families with ONNX import {names}, "
+            "expected exactly one"
+        )
+    return claims[0]
+
+
+def block_table_fields(ops: Sequence[ParametricOp], source: str) -> dict[str, Any]:
+    """Width, head, classes, strides and dilation of a network on MN_BLOCK_TABLE (MN, DyMN)."""
     convs = [op for op in ops if isinstance(op, ConvOp)]
-    dynamic = [op for op in ops if isinstance(op, DynamicConvOp)]
     if len(convs) < 3 or convs[0].weight.shape[1] != 1:
         raise ArchitectureMismatchError(f"{source}: graph does not start with the 1-channel stem conv")
     if isinstance(ops[-1], LinearOp):
@@ -488,40 +506,21 @@ def infer_config_from_ops(ops: Sequence[ParametricOp], source: str) -> dict[str,
     width = width_from_channels(int(convs[0].weight.shape[0]), int(last_conv.weight.shape[0]), source)
     # one depthwise conv per block, static (MN, DyMN replace_se) or dynamic (DyMN)
     depthwise = [op for op in ops if isinstance(op, (ConvOp, DynamicConvOp)) and op.depthwise]
-    if len(depthwise) != 15:
+    if len(depthwise) != len(MN_BLOCK_TABLE):
         raise ArchitectureMismatchError(
-            f"{source}: found {len(depthwise)} depthwise convolutions, MN and DyMN have 15"
+            f"{source}: found {len(depthwise)} depthwise convolutions, MN and DyMN have {len(MN_BLOCK_TABLE)}"
         )
-    # Blocks 1, 3, 6 and 12 (0-based) carry the configurable strides C1..C4. A dilated C4 stage
-    # (upstream `dilated=True`) runs its depthwise convs at stride 1 with dilation 2.
-    strides = tuple(int(depthwise[i].strides[0]) for i in (1, 3, 6, 12))
+    # A dilated C4 stage (upstream `dilated=True`) runs its depthwise convs at stride 1, dilation 2.
+    strides = tuple(int(depthwise[i].strides[0]) for i in DOWNSAMPLING_BLOCKS)
     if any(s not in (1, 2) for s in strides):
         raise ArchitectureMismatchError(f"{source}: downsampling blocks have strides {list(strides)}, MN has 1 or 2")
-    dilated = int(depthwise[12].dilations[0]) > 1
-    fields: dict[str, Any] = {
-        "arch": "mn",
+    return {
         "width_mult": width,
         "head_type": head,
         "num_classes": classes,
         "strides": strides,
-        "dilated": dilated,
+        "dilated": int(depthwise[DOWNSAMPLING_BLOCKS[-1]].dilations[0]) > 1,
     }
-    if dynamic:
-        dynamic_blocks = sum(op.depthwise for op in dynamic)
-        modes = {15: "all", len(REPLACE_SE_DYNAMIC_BLOCKS): "replace_se"}
-        if dynamic_blocks not in modes:
-            raise ArchitectureMismatchError(
-                f"{source}: {dynamic_blocks} dynamic blocks; a DyMN has 15 (all) or "
-                f"{len(REPLACE_SE_DYNAMIC_BLOCKS)} (replace_se)"
-            )
-        temperatures = sorted({op.temperature for op in dynamic})
-        if len(temperatures) != 1:
-            raise ArchitectureMismatchError(
-                f"{source}: dynamic convs use {len(temperatures)} different temperatures, "
-                f"e.g. {temperatures[0]:g} and {temperatures[-1]:g}; a DyMN uses one"
-            )
-        fields.update(arch="dymn", use_dy_blocks=modes[dynamic_blocks], dyconv_temperature=temperatures[0])
-    return fields
 
 
 # --- pairing ops with weight slots -------------------------------------------------------------
@@ -607,7 +606,7 @@ def state_dict_from_ops(
     remaining = list(ops)
     for slot in slots:
         keys = slot.source_keys()
-        expected = _expected_source_shapes(slot)
+        expected = expected_source_shapes(slot)
         if not remaining:
             raise ArchitectureMismatchError(
                 f"{source}: graph ends before {slot.prefix} (expected {slot.kind} with "
