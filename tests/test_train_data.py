@@ -22,6 +22,7 @@ from eat_keras.train.data import (
     class_counts,
     class_names_of,
     make_dataset,
+    read_dataset,
     read_esc50_manifest,
     read_folder_dataset,
     read_manifest,
@@ -129,6 +130,29 @@ def test_read_esc50_manifest(esc10: list[Example], shared_dir: Path) -> None:
     audio_dir = shared_dir / "data" / "esc10" / "audio"
     assert Path(first.path) == (audio_dir / "1-100032-A-0.flac").resolve()
     assert all(os.path.isfile(e.path) for e in esc10[:20])
+
+
+def test_read_dataset_tells_the_layout_and_keeps_folds(tmp_path: Path, shared_dir: Path, esc10: list[Example]) -> None:
+    _write(tmp_path / "folder" / "dog" / "x.wav", 0.1)
+    assert read_dataset(tmp_path / "folder") == read_folder_dataset(tmp_path / "folder")
+    assert read_dataset(shared_dir / "data" / "esc10" / "esc10.csv") == esc10  # audio/ beside the CSV
+    meta = tmp_path / "esc50" / "meta"  # ESC-50's own layout: meta/esc50.csv and audio/
+    meta.mkdir(parents=True)
+    (tmp_path / "esc50" / "audio").mkdir()
+    (meta / "esc50.csv").write_text("filename,fold,target,category,esc10,src_file,take\nx.wav,1,0,dog,TRUE,7,A\n")
+    (from_meta,) = read_dataset(meta / "esc50.csv")
+    assert Path(from_meta.path) == (tmp_path / "esc50" / "audio" / "x.wav").resolve() and from_meta.group == "7"
+    manifest = tmp_path / "list.csv"  # any other CSV is a manifest
+    manifest.write_text("path,label,fold\na.wav,dog,1\nb.wav,cat,2\n")
+    assert read_dataset(manifest) == read_manifest(manifest)
+    assert [Path(e.path).name for e in read_dataset(manifest, folds=[2])] == ["b.wav"]
+    with pytest.raises(EatKerasError, match="no labelled audio files in folds 3"):
+        read_dataset(manifest, folds=["3"])
+    with pytest.raises(EatKerasError, match="the data has no fold column"):
+        read_dataset(tmp_path / "folder", folds=["1"])
+    (tmp_path / "list.txt").write_text("path,label\n")
+    with pytest.raises(EatKerasError, match="expected a folder of class folders or a CSV manifest"):
+        read_dataset(tmp_path / "list.txt")
 
 
 def test_class_counts_rejects_unknown_labels() -> None:

@@ -2,8 +2,7 @@
 output folder that cannot be written is refused in one line (exit status 2) before anything is
 written, and a diverging run stops without saving its weights.
 
-The data sets are a few 1.5 s WAVs made here; training runs a randomly initialised MN width 0.1
-with 32 mel bins, so that a training step costs milliseconds and only tracing takes time."""
+The data sets and the model are :mod:`tiny_training`'s: a training step costs milliseconds."""
 
 from __future__ import annotations
 
@@ -15,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 from cli_process import run_cli
+from tiny_training import CLASSES, PER_CLASS, SR, save_tiny_model, write_class_folders
 
 import eat_keras.train.fit as fit_module
 from eat_keras.errors import ConfigError, EatKerasError
@@ -32,43 +31,16 @@ from eat_keras.train.evaluate import NonFiniteLogitsError, file_logits
 from eat_keras.train.fit import MONITORS, FinetuneConfig, _diverged, _RunFolder, finetune, is_improvement
 from eat_keras.train.metrics import classification_report, write_report_files
 
-SR = 32000
-CLASSES = ("hiss", "hum")
-PER_CLASS = 3
-
-
-def _write_clip(path: Path, label: str, i: int, seconds: float = 1.5) -> None:
-    """Noise for ``hiss``, a tone for ``hum``: the two classes differ, each file differs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = int(seconds * SR)
-    if label == "hiss":
-        signal = 0.1 * np.random.default_rng(i).standard_normal(n)
-    else:
-        signal = 0.3 * np.sin(2 * np.pi * (200.0 + 50.0 * i) * np.arange(n) / SR)
-    sf.write(path, signal.astype(np.float32), SR)
-
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     """``root/<class>/<i>.wav``, three files per class."""
-    root = tmp_path_factory.mktemp("data")
-    for label in CLASSES:
-        for i in range(PER_CLASS):
-            _write_clip(root / label / f"{i}.wav", label, i)
-    return root
+    return write_class_folders(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    """A model folder to fine-tune from: the smallest MN, randomly initialised."""
-    from eat_keras.frontend import FrontendConfig
-    from eat_keras.models import ModelConfig, build_tagger
-    from eat_keras.models.saving import save_tagger
-
-    config = ModelConfig(width_mult=0.1, num_classes=2, frontend=FrontendConfig(n_mels=32))
-    out = tmp_path_factory.mktemp("tiny") / "tiny"
-    save_tagger(build_tagger(config, ["a", "b"]), out)
-    return out
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
 
 
 def _config(model: Path, **changes) -> FinetuneConfig:

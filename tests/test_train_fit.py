@@ -326,17 +326,21 @@ def test_test_folds_are_held_out_and_evaluated_on_best(stopped_run):
 
 
 def test_class_weights_come_from_the_training_split(stopped_run):
-    from eat_keras.train.losses import class_balanced_weights
+    from eat_keras.train.losses import class_balanced_loss, class_balanced_weights
 
     train = _split_side(stopped_run.out, "train")
     counts = class_counts([Example(r["path"], r["label"]) for r in train], list(CLASSES))
     assert counts.tolist() == list(_FOLD_PICKS["1"])  # unequal, so the weights are not all ones
-    expected = class_balanced_weights(counts, stopped_run.config.cb_beta)
+    expected = class_balanced_weights(counts, stopped_run.config.loss_settings["cb_beta"])
     assert not np.allclose(expected, 1.0)
+    # the run's class-balanced term gives what those weights give (the same float32 operations)
+    batch = {"targets": tf.eye(3), "logits": tf.constant(np.random.default_rng(0).normal(size=(3, 3)), tf.float32)}
+    want = float(class_balanced_loss(batch["targets"], batch["logits"], expected))
+    assert want != pytest.approx(float(class_balanced_loss(batch["targets"], batch["logits"], np.ones(3))))
     losses = [loss for start in stopped_run.starts for loss in start.losses]
     assert len(losses) == 3
     for loss in losses:
-        np.testing.assert_allclose(loss.class_weights, expected, rtol=1e-6)
+        assert float(loss.functions["cb"](batch)) == pytest.approx(want, rel=1e-6)
 
 
 def test_a_resumed_run_draws_the_data_of_an_uninterrupted_run(stopped_run):
@@ -375,7 +379,7 @@ def test_resuming_with_data_that_split_differently_is_refused(stopped_run):
 def test_bad_loss_settings_are_one_line_user_errors(shared_dir, tmp_path, capsys):
     from eat_keras.cli import main
 
-    for changes in ({"loss_terms": {"focal": 1.0}}, {"cb_beta": 1.0}, {"patience": 0}):
+    for changes in ({"loss_terms": {"focal": 1.0}}, {"loss_settings": {"cb_beta": 1.0}}, {"patience": 0}):
         with pytest.raises(EatKerasError):
             _config(shared_dir, **changes)
     with pytest.raises(ValueError, match="among"):  # also a ValueError, as before

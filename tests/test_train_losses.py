@@ -1,11 +1,19 @@
-"""Fine-tuning losses against independent NumPy (float64) implementations of their formulas."""
+"""Fine-tuning losses against independent NumPy (float64) implementations of their formulas, and a
+new term added through the loss table."""
 
 from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from eat_keras.errors import ConfigError
+from eat_keras.train.config import FinetuneConfig
+from eat_keras.train.loss_table import LOSS_TERMS, LossContext, LossSetting, LossTerm, register_loss_term
 from eat_keras.train.losses import (
     CombinedLoss,
     class_balanced_loss,
@@ -249,3 +257,74 @@ def test_combined_loss_validates_its_terms(case: dict) -> None:
     total, terms = CombinedLoss(terms={"ce": 1.0})(case["onehot"], case["logits"])
     _close(total, float(cross_entropy(case["onehot"], case["logits"])), 1e-6)
     assert list(terms) == ["ce"]
+
+
+# --- a new term through the loss table -------------------------------------------------------
+
+
+@pytest.fixture
+def toy_term():
+    """A term registered for the test only: ``toy_scale`` · mean squared embedding. It records the
+    settings its builder got and counts, in a variable, the steps that evaluate it."""
+    calls = tf.Variable(0, dtype=tf.int64, trainable=False)
+    built: list[dict[str, float]] = []
+
+    def build(context: LossContext):
+        built.append(dict(context.settings))
+        scale = context.settings["toy_scale"]
+
+        def term(inputs):
+            calls.assign_add(1)
+            return scale * tf.reduce_mean(tf.square(tf.cast(inputs["embeddings"], tf.float32)))
+
+        return term
+
+    setting = LossSetting("toy_scale", 1.0, "factor of the toy term", minimum_open=True)
+    register_loss_term(LossTerm("toy", "mean squared embedding", build, settings=(setting,), needs=("embeddings",)))
+    try:
+        yield SimpleNamespace(calls=calls, built=built)
+    finally:
+        del LOSS_TERMS["toy"]
+
+
+def test_a_registered_term_is_combined_with_its_setting(toy_term, case: dict) -> None:
+    emb = np.random.default_rng(9).normal(size=(6, 12)).astype(np.float32)
+    loss = CombinedLoss(terms={"ce": 1.0, "toy": 2.0}, settings={"toy_scale": 0.5})
+    total, terms = loss(case["onehot"], case["logits"], emb)
+    assert toy_term.built[-1]["toy_scale"] == 0.5 and toy_term.built[-1]["cb_beta"] == 0.9999
+    _close(terms["toy"], 0.5 * float(np.mean(emb.astype(np.float64) ** 2)))
+    _close(total, float(terms["ce"]) + 2.0 * float(terms["toy"]), 1e-6)
+    with pytest.raises(ValueError, match="the 'toy' term needs the embeddings"):
+        loss(case["onehot"], case["logits"])
+    with pytest.raises(ConfigError, match=r"toy_scale must be finite and > 0, got 0"):
+        FinetuneConfig(loss_terms={"toy": 1.0}, loss_settings={"toy_scale": 0})
+    with pytest.raises(ValueError, match="already registered"):
+        register_loss_term(LOSS_TERMS["toy"])
+
+
+def test_a_registered_term_trains_two_steps_through_finetune(toy_term, tmp_path) -> None:
+    from tiny_training import save_tiny_model, write_class_folders
+
+    from eat_keras.train.data import read_folder_dataset
+    from eat_keras.train.fit import finetune
+
+    examples = read_folder_dataset(write_class_folders(tmp_path / "data"))  # 3 files per class
+    config = FinetuneConfig(
+        model=str(save_tiny_model(tmp_path / "tiny")), clip_seconds=1.0, epochs=1, warmup_epochs=0,
+        batch_size=2, val_fraction=0.34, mixup_alpha=0.0, freeze_backbone_epochs=1,  # 4 training files
+        loss_terms={"ce": 1.0, "toy": 0.5}, loss_settings={"toy_scale": 0.25},
+    )  # fmt: skip
+    result = finetune(examples, tmp_path / "run", config, verbose=False)
+    assert int(toy_term.calls) == 2  # two training steps, each evaluating the term once
+    assert toy_term.built[-1]["toy_scale"] == 0.25
+    (row,) = result.history
+    assert math.isfinite(row["train_toy"]) and row["train_toy"] > 0
+    _close(row["train_loss"], row["train_ce"] + 0.5 * row["train_toy"], 1e-5)
+    saved = json.loads((tmp_path / "run" / "finetune.json").read_text())
+    assert saved["loss_terms"] == {"ce": 1.0, "toy": 0.5} and saved["loss_settings"]["toy_scale"] == 0.25
+
+
+def test_an_unregistered_term_is_refused() -> None:
+    assert "toy" not in LOSS_TERMS
+    with pytest.raises(ConfigError, match="must be among"):
+        FinetuneConfig(loss_terms={"toy": 1.0})

@@ -1,8 +1,9 @@
-"""Fine-tuning support: data sets and splits (:mod:`.data`), losses (:mod:`.losses`) and batch
-augmentations (:mod:`.augment`).
+"""Fine-tuning: data sets and splits (:mod:`.data`), the run's settings (:mod:`.config`), the loss
+terms as a table (:mod:`.loss_table`) and their implementations (:mod:`.losses`), batch
+augmentations (:mod:`.augment`), the training loop (:mod:`.fit`) and evaluation (:mod:`.evaluate`,
+:mod:`.metrics`).
 
-The split code exists because the recipe this project replaces drew its validation set independently
-of its training set (spec §7.2), so most "validation" files were training files. Here every split is
-one deterministic partition, by recording group when the data has groups, and
-:func:`~eat_keras.train.data.check_no_leakage` verifies it down to the file bytes.
+Every split is one deterministic partition, by recording group when the data has groups, and
+:func:`~eat_keras.train.data.check_no_leakage` verifies it down to the file bytes: a validation set
+drawn independently of the training set would mostly hold training files.
 """

@@ -56,6 +56,7 @@ __all__ = [
     "manifest_columns",
     "read_esc50_manifest",
     "read_folder_dataset",
+    "read_dataset",
     "read_manifest",
     "split_examples",
     "split_report",
@@ -164,6 +165,37 @@ def read_esc50_manifest(
         csv_file, rows, Path(audio_dir).expanduser().resolve(), "filename", "category",
         "src_file", None, "fold",
     )  # fmt: skip
+
+
+def read_dataset(
+    path: str | os.PathLike[str], folds: Iterable[str | int] | None = None
+) -> list[Example]:
+    """Read a data set in whichever layout ``path`` has: a folder with one sub-folder per class
+    (:func:`read_folder_dataset`), an ESC-50 style meta CSV (columns ``filename``, ``category``,
+    ``fold``: :func:`read_esc50_manifest`, audio in ``audio/`` beside the CSV or beside its folder)
+    or any other CSV manifest (:func:`read_manifest`). ``folds`` keeps only those folds."""
+    source = Path(path).expanduser()
+    if source.is_dir():
+        examples = read_folder_dataset(source)
+    elif source.suffix.lower() == ".csv" and source.is_file():
+        header = manifest_columns(source)  # a binary or non-UTF-8 file fails here, in one line
+        if {"filename", "category", "fold"} <= set(header):
+            # audio/ beside the CSV (ESC-10 subsets), else ESC-50's own meta/ + audio/ layout
+            candidates = (source.parent / "audio", source.parent.parent / "audio")
+            audio_dir = next((d for d in candidates if d.is_dir()), candidates[0])
+            examples = read_esc50_manifest(source, audio_dir)
+        else:
+            examples = read_manifest(source)
+    else:
+        raise EatKerasError(f"{path}: expected a folder of class folders or a CSV manifest")
+    wanted = _fold_set(folds)
+    if wanted:
+        if all(e.fold is None for e in examples):
+            raise EatKerasError(f"{path}: folds were given, but the data has no fold column")
+        examples = [e for e in examples if e.fold in wanted]
+    if not examples:
+        raise EatKerasError(f"{path}: no labelled audio files{' in folds ' + ','.join(sorted(wanted)) if wanted else ''}")
+    return examples
 
 
 def manifest_columns(csv_path: str | os.PathLike[str]) -> list[str]:
@@ -349,14 +381,7 @@ def split_examples(
     Groups are ranked per class by a hash of ``(seed, group)``, so the result does not depend on the
     input order, changes with the seed, and moves few files when files are added to the data set.
     """
-    if not 0.0 <= val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0:
-        raise EatKerasError(
-            f"fractions must be in [0, 1), got val {val_fraction}, test {test_fraction}"
-        )
-    if val_fraction + test_fraction >= 1.0:
-        raise EatKerasError(
-            f"val + test fractions leave nothing to train on ({val_fraction} + {test_fraction})"
-        )
+    _check_fractions(val_fraction, test_fraction)
     ordered = sorted(examples, key=_sort_key)
     if not ordered:
         raise EatKerasError("no examples to split")
@@ -366,23 +391,49 @@ def split_examples(
         raise EatKerasError(
             f"training needs at least two classes; all {len(ordered)} files are {names[0]!r}"
         )
-
-    with_split = [e for e in ordered if e.split is not None]
-    if with_split:
-        if len(with_split) != len(ordered):
-            without = next(e for e in ordered if e.split is None)
-            raise EatKerasError(
-                f"{len(with_split)} of {len(ordered)} examples have a split, the others none "
-                f"(e.g. {without.path})"
-            )
-        sides: dict[str, list[Example]] = {side: [] for side in SIDES}
-        for e in ordered:
-            sides[_side_name(e.split, e.path)].append(e)  # type: ignore[arg-type]
-        return sides
-
+    if any(e.split is not None for e in ordered):
+        return _given_split(ordered)
     if test_folds is None and val_folds is None:
         return _stratified_split(ordered, val_fraction, test_fraction, seed)
+    return _fold_split(ordered, val_fraction, test_fraction, seed, test_folds, val_folds)
 
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    if not 0.0 <= val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0:
+        raise EatKerasError(
+            f"fractions must be in [0, 1), got val {val_fraction}, test {test_fraction}"
+        )
+    if val_fraction + test_fraction >= 1.0:
+        raise EatKerasError(
+            f"val + test fractions leave nothing to train on ({val_fraction} + {test_fraction})"
+        )
+
+
+def _given_split(ordered: list[Example]) -> dict[str, list[Example]]:
+    """The sides a manifest's split column gives (every example must have one)."""
+    with_split = [e for e in ordered if e.split is not None]
+    if len(with_split) != len(ordered):
+        without = next(e for e in ordered if e.split is None)
+        raise EatKerasError(
+            f"{len(with_split)} of {len(ordered)} examples have a split, the others none "
+            f"(e.g. {without.path})"
+        )
+    sides: dict[str, list[Example]] = {side: [] for side in SIDES}
+    for e in ordered:
+        sides[_side_name(e.split, e.path)].append(e)  # type: ignore[arg-type]
+    return sides
+
+
+def _fold_split(
+    ordered: list[Example],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    test_folds: Iterable[str | int] | None,
+    val_folds: Iterable[str | int] | None,
+) -> dict[str, list[Example]]:
+    """Rule 2 of :func:`split_examples`: the given folds form their sides, a side without folds is
+    carved from the other folds by its fraction."""
     test_set, val_set = _fold_set(test_folds), _fold_set(val_folds)
     if test_set & val_set:
         both = ", ".join(sorted(test_set & val_set))
@@ -676,18 +727,7 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    if mode not in ("train", "eval"):
-        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
-    if clip_samples <= 0 or batch_size <= 0:
-        raise ConfigError(
-            f"clip_samples and batch_size must be positive, got {clip_samples}, {batch_size}"
-        )
-    if mode == "eval" and drop_remainder:
-        raise ValueError("drop_remainder would leave evaluation windows out")
-    if first_epoch < 0:
-        raise ValueError(f"first_epoch must be >= 0, got {first_epoch}")
-    if not examples:
-        raise EatKerasError(f"no examples for the {mode} data set")
+    _check_dataset_arguments(examples, mode, clip_samples, batch_size, drop_remainder, first_epoch)
     index = _class_index(class_names)
     labels = np.array([_label_id(index, e) for e in examples], dtype=np.int32)
     paths = [e.path for e in examples]
@@ -717,6 +757,23 @@ def make_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _check_dataset_arguments(
+    examples: Sequence[Example], mode: str, clip_samples: int, batch_size: int, drop_remainder: bool, first_epoch: int
+) -> None:
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    if clip_samples <= 0 or batch_size <= 0:
+        raise ConfigError(
+            f"clip_samples and batch_size must be positive, got {clip_samples}, {batch_size}"
+        )
+    if mode == "eval" and drop_remainder:
+        raise ValueError("drop_remainder would leave evaluation windows out")
+    if first_epoch < 0:
+        raise ValueError(f"first_epoch must be >= 0, got {first_epoch}")
+    if not examples:
+        raise EatKerasError(f"no examples for the {mode} data set")
 
 
 def average_per_file(values: tf.Tensor, index: tf.Tensor, num_files: int) -> tf.Tensor:

@@ -15,13 +15,12 @@ import tensorflow as tf
 from eat_keras.audio import SAMPLE_RATE
 from eat_keras.errors import ConfigError, EatKerasError
 from eat_keras.labels import short_list
+from eat_keras.train.config import MAX_CLIP_SECONDS
 from eat_keras.train.data import AudioCache, Example, average_per_file, make_dataset
 from eat_keras.train.metrics import ClassificationReport, classification_report
 
 PredictFn = Callable[[np.ndarray], np.ndarray]  # [batch, samples] → [batch, classes] logits
 
-#: The longest evaluation or training clip: a batch of clips is held in memory at once.
-MAX_CLIP_SECONDS = 60.0
 
 
 def check_clip_samples(clip_samples: int, batch_size: int) -> None:

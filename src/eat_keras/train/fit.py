@@ -17,6 +17,13 @@ One run lives in one output folder:
 Every input (settings, data, split, model, audio) is checked before the folder is written, so a
 start that fails on bad input leaves nothing that blocks the corrected retry.
 
+:func:`finetune` reads in order: check the inputs (``_checked_inputs``), claim the folder, make
+the training state (``_training_state``) and restore it from the last checkpoint
+(``_restored``), then ``_Training`` runs the epochs: ``train_epoch``, ``validate``,
+``track_best`` (best epoch and early stopping), ``save_best`` and ``save_epoch``; last the test
+side is evaluated on ``best/``. A non-finite training loss or validation logit stops the run
+before anything of that epoch is saved.
+
 Training runs under a ``tf.distribute`` strategy (the default one on a single device), so the same
 code trains on several GPUs (``MirroredStrategy``) or workers (``MultiWorkerMirroredStrategy`` with
 ``TF_CONFIG``); the global batch is split across replicas and losses are averaged over it.
@@ -31,7 +38,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +47,13 @@ import tensorflow as tf
 import tf_keras
 
 from eat_keras.audio import seconds_to_samples
-from eat_keras.errors import ConfigError, EatKerasError
+from eat_keras.errors import EatKerasError
 from eat_keras.frontend import FrontendConfig
 from eat_keras.loading import load_tagger
 from eat_keras.models import AudioTagger, build_tagger
 from eat_keras.models.saving import save_tagger
 from eat_keras.train import augment
+from eat_keras.train.config import MONITORS, FinetuneConfig
 from eat_keras.train.data import (
     AudioCache,
     Example,
@@ -56,107 +64,20 @@ from eat_keras.train.data import (
     split_examples,
     split_report,
 )
-from eat_keras.tagging import MIN_SECONDS
-from eat_keras.train.evaluate import MAX_CLIP_SECONDS, NonFiniteLogitsError, evaluate, true_ids
-from eat_keras.train.losses import (
-    CombinedLoss,
-    check_cb_beta,
-    check_loss_terms,
-    class_balanced_weights,
-    cross_entropy,
-)
+from eat_keras.train.evaluate import NonFiniteLogitsError, evaluate, true_ids
+from eat_keras.train.losses import CombinedLoss, cross_entropy
 from eat_keras.train.metrics import ClassificationReport
 
-# monitored metric → which of two values is better
-MONITORS = {"val_accuracy": max, "val_macro_f1": max, "val_loss": min}
-
-# Numeric settings and their lower bound (all must also be finite): a bad one fails at once, in
-# one line, instead of deep inside TensorFlow or as a silently empty run (patience 0, epochs 0).
-_POSITIVE = (
-    "clip_seconds", "batch_size", "epochs", "learning_rate", "supcon_temperature", "layer_decay",
-    "patience",
-)  # fmt: skip
-_NON_NEGATIVE = (
-    "warmup_epochs", "rampdown_start", "rampdown_epochs", "last_lr_factor", "focal_gamma",
-    "mixup_alpha", "gain_db", "roll_samples", "freqm", "timem", "freeze_backbone_epochs",
-)  # fmt: skip
-# Counts: a fraction would fail deep inside tf.data or Python's range().
-_INTEGER = (
-    "batch_size", "epochs", "warmup_epochs", "rampdown_start", "rampdown_epochs", "gain_db", "roll_samples",
-    "freqm", "timem", "freeze_backbone_epochs", "patience", "seed",
-)  # fmt: skip
-
-
-@dataclasses.dataclass
-class FinetuneConfig:
-    """Every choice of a fine-tuning run (saved as ``finetune.json``)."""
-
-    model: str = "mn04_as"  # preset, .pt/.onnx, or model folder to start from
-    weights: str | None = None
-    clip_seconds: float = 2.0  # the seed's clip length
-    batch_size: int = 32
-    epochs: int = 30
-    learning_rate: float = 6e-5
-    # upstream schedule: exponential warm-up, then linear decay to last_lr_factor (per epoch)
-    warmup_epochs: int = 10
-    rampdown_start: int = 10
-    rampdown_epochs: int = 65
-    last_lr_factor: float = 0.01
-    loss_terms: dict[str, float] = dataclasses.field(default_factory=lambda: {"cb": 0.8, "supcon": 0.2})
-    cb_beta: float = 0.9999
-    focal_gamma: float = 0.0
-    supcon_temperature: float = 0.07
-    label_type: str = "single_label"
-    mixup_alpha: float = 0.3  # 0 disables
-    gain_db: int = 12  # random gain in [-gain_db, gain_db) dB; 0 disables
-    roll_samples: int = 4000  # random circular time shift; 0 disables
-    freqm: int = 0  # SpecAugment widths of the front-end (upstream default: off)
-    timem: int = 0
-    freeze_backbone_epochs: int = 0  # train only the new head for the first epochs
-    layer_decay: float = 1.0  # learning-rate factor per depth level, head = 1 (1.0: off)
-    freeze_batchnorm: bool = False  # BN layers run on their stored statistics and stay fixed
-    val_fraction: float = 0.1
-    test_fraction: float = 0.0
-    val_folds: list[str] | None = None
-    test_folds: list[str] | None = None
-    seed: int = 0
-    monitor: str = "val_macro_f1"
-    patience: int = 10  # early stopping: epochs without improvement
-    tensorboard: bool = False
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` for a setting no run can use; :func:`finetune` calls it
-        again, as the fields can be changed."""
-        if self.monitor not in MONITORS:
-            raise ConfigError(f"monitor must be one of {sorted(MONITORS)}, got {self.monitor!r}")
-        if self.label_type not in ("single_label", "multi_label"):
-            raise ConfigError(f"label_type must be single_label or multi_label, got {self.label_type!r}")
-        for name in _INTEGER:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ConfigError(f"{name} must be a whole number, got {value!r}")
-        for name in (*_POSITIVE, *_NON_NEGATIVE):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and (value > 0 if name in _POSITIVE else value >= 0)):
-                bound = "> 0" if name in _POSITIVE else ">= 0"
-                raise ConfigError(f"{name} must be finite and {bound}, got {value}")
-        # The models are validated for clips of 1 s upward (as tagging's windows).
-        if not MIN_SECONDS <= self.clip_seconds <= MAX_CLIP_SECONDS:
-            raise ConfigError(
-                f"clip_seconds must be between {MIN_SECONDS:g} and {MAX_CLIP_SECONDS:g} s, got {self.clip_seconds:g}"
-            )
-        check_loss_terms(self.loss_terms)
-        check_cb_beta(self.cb_beta)
-
-    @property
-    def loss_form(self) -> str:
-        return "softmax" if self.label_type == "single_label" else "sigmoid"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+__all__ = [
+    "MONITORS",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "backbone_levels",
+    "build_finetune_model",
+    "finetune",
+    "is_improvement",
+    "learning_rate_factor",
+]
 
 
 def learning_rate_factor(epoch: int, config: FinetuneConfig) -> float:
@@ -387,81 +308,109 @@ class FinetuneResult:
     test_report: ClassificationReport | None
 
 
-def finetune(
-    examples: Sequence[Example],
-    out_dir: str | Path,
-    config: FinetuneConfig,
-    strategy: tf.distribute.Strategy | None = None,
-    cache: AudioCache | None = None,
-    verbose: bool = True,
-) -> FinetuneResult:
-    """Fine-tune ``config.model`` on ``examples``; resumes when ``out_dir`` holds the same run."""
-    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if verbose else (lambda msg: None)
-    strategy = strategy or tf.distribute.get_strategy()
-    cache = cache or AudioCache()
+# --- the inputs and the state of a run -------------------------------------------------------
 
-    # Check every input before the run folder is written (see the module docstring).
+
+@dataclasses.dataclass
+class _RunInputs:
+    """A run's checked inputs: the split, its class names, the loss and the clip length."""
+
+    splits: dict[str, list[Example]]
+    class_names: list[str]
+    loss: CombinedLoss
+    clip_samples: int
+
+
+def _checked_inputs(
+    examples: Sequence[Example], config: FinetuneConfig, cache: AudioCache
+) -> tuple[_RunInputs, AudioTagger]:
+    """Check every input (settings, data, split, model, audio) before the run folder is written,
+    so that a start that fails on bad input leaves nothing that blocks the corrected retry; also
+    returns the model to start from."""
     config.validate()
     splits, class_names, counts = _checked_splits(examples, config)
-    loss_fn = CombinedLoss(
-        class_balanced_weights(counts, config.cb_beta) if "cb" in config.loss_terms else None,
-        config.loss_terms,
-        gamma=config.focal_gamma,
-        form=config.loss_form,
-        temperature=config.supcon_temperature,
+    loss = CombinedLoss(
+        terms=config.loss_terms, form=config.loss_form, settings=config.loss_settings, class_counts=counts
     )
     base = load_tagger(config.model, config.weights, with_class_names=False)
-    sample_rate = base.config.frontend.sample_rate
-    clip_samples = seconds_to_samples(config.clip_seconds, sample_rate)
+    clip_samples = seconds_to_samples(config.clip_seconds, base.config.frontend.sample_rate)
     cache.load_all(e.path for side in splits.values() for e in side)  # an undecodable file fails now
+    return _RunInputs(splits, class_names, loss, clip_samples), base
 
-    run = _RunFolder(Path(out_dir))
-    resuming = run.latest_checkpoint() is not None
-    run.claim(config)
-    say(run.record_split(splits, resuming))
 
+@dataclasses.dataclass
+class _TrainingState:
+    """What a checkpoint holds: the model, one optimizer per depth level (head last), the
+    augmentations' RNG and the run's counters."""
+
+    tagger: AudioTagger
+    groups: list[list[tf.Variable]]  # trainable variables by depth level, as the optimizers
+    optimizers: list[Any]
+    rng: tf.random.Generator
+    epoch: tf.Variable  # completed epochs
+    best: tf.Variable  # best monitored value; NaN while there is none
+    best_loss: tf.Variable  # validation loss of the best epoch (breaks ties)
+    best_epoch: tf.Variable  # 1-based; 0 while there is none
+    bad_epochs: tf.Variable  # epochs since the best one
+
+    def checkpoint(self) -> tf.train.Checkpoint:
+        optimizers = {f"optimizer_{i}": o for i, o in enumerate(self.optimizers)}
+        return tf.train.Checkpoint(
+            model=self.tagger, epoch=self.epoch, best=self.best, best_loss=self.best_loss,
+            best_epoch=self.best_epoch, bad_epochs=self.bad_epochs, rng=self.rng, **optimizers,
+        )  # fmt: skip
+
+
+def _training_state(
+    base: AudioTagger, class_names: list[str], config: FinetuneConfig, strategy: tf.distribute.Strategy
+) -> _TrainingState:
+    """A fresh state, made in the strategy's scope: ``base`` with a new head, counters at zero."""
     with strategy.scope():
         tagger = build_finetune_model(base, class_names, config)
         groups = _variable_groups(tagger)
-        depth = len(groups) - 1
-        multipliers = [config.layer_decay ** (depth - i) for i in range(len(groups))]
         optimizers = [tf_keras.optimizers.Adam(config.learning_rate) for _ in groups]
         for opt, variables in zip(optimizers, groups):
             opt.build(variables)
-        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)  # completed epochs
-        best_var = tf.Variable(np.nan, dtype=tf.float64, trainable=False)
-        best_loss_var = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
-        best_epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-        bad_epochs_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        counters = dict(
+            epoch=tf.Variable(0, dtype=tf.int64, trainable=False),
+            best=tf.Variable(np.nan, dtype=tf.float64, trainable=False),
+            best_loss=tf.Variable(np.inf, dtype=tf.float64, trainable=False),
+            best_epoch=tf.Variable(0, dtype=tf.int64, trainable=False),
+            bad_epochs=tf.Variable(0, dtype=tf.int64, trainable=False),
+        )
         rng = tf.random.Generator.from_seed(config.seed)
-    del base
+    return _TrainingState(tagger, groups, optimizers, rng, **counters)
 
-    checkpoint = tf.train.Checkpoint(
-        model=tagger, epoch=epoch_var, best=best_var, best_loss=best_loss_var, best_epoch=best_epoch_var,
-        bad_epochs=bad_epochs_var, rng=rng, **{f"optimizer_{i}": o for i, o in enumerate(optimizers)},
-    )
-    manager = tf.train.CheckpointManager(checkpoint, str(run.checkpoints), max_to_keep=2)
+
+def _restored(
+    state: _TrainingState, run: _RunFolder, resuming: bool, say: Callable[[str], None]
+) -> tf.train.CheckpointManager:
+    """The run's checkpoint manager; when resuming, ``state`` is restored from its last checkpoint."""
+    manager = tf.train.CheckpointManager(state.checkpoint(), str(run.checkpoints), max_to_keep=2)
     if resuming:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        say(f"resuming from {manager.latest_checkpoint}: {int(epoch_var)} epoch(s) done")
-    history = run.log_rows(int(epoch_var))
-    first_epoch = int(epoch_var)
-    if int(bad_epochs_var) >= config.patience:
-        say(f"early stopping fired after epoch {first_epoch}: nothing left to train")
-        first_epoch = config.epochs
-    elif first_epoch >= config.epochs:
-        say(f"all {config.epochs} epochs are done: nothing left to train")
-    # The data set's epoch counter starts where the run stands: epoch e of a resumed run gets the
-    # order and crops that epoch e of an uninterrupted run gets.
-    train_ds = make_dataset(
-        splits["train"], class_names, mode="train", clip_samples=clip_samples,
-        batch_size=config.batch_size, seed=config.seed, cache=cache,
-        drop_remainder=len(splits["train"]) >= 2 * config.batch_size, first_epoch=first_epoch,
-    )
-    steps_per_epoch = int(train_ds.cardinality())
-    with _writing(run.root):
-        writer = tf.summary.create_file_writer(str(run.root / "tensorboard")) if config.tensorboard else None
+        manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        say(f"resuming from {manager.latest_checkpoint}: {int(state.epoch)} epoch(s) done")
+    return manager
 
+
+def _first_epoch(state: _TrainingState, config: FinetuneConfig, say: Callable[[str], None]) -> int:
+    """The 0-based epoch this start trains first; ``config.epochs`` when the run is finished or
+    early stopping fired (a finished run started again trains nothing)."""
+    done = int(state.epoch)
+    if int(state.bad_epochs) >= config.patience:
+        say(f"early stopping fired after epoch {done}: nothing left to train")
+        return config.epochs
+    if done >= config.epochs:
+        say(f"all {config.epochs} epochs are done: nothing left to train")
+    return done
+
+
+def _train_step_function(
+    state: _TrainingState, loss_fn: CombinedLoss, config: FinetuneConfig, strategy: tf.distribute.Strategy
+) -> Callable[[dict[str, tf.Tensor], bool], dict[str, tf.Tensor]]:
+    """One distributed training step: waveform augmentations, front-end, mixup, loss, and one
+    update per trained depth level; returns the loss and its terms averaged over the replicas."""
+    tagger, groups, optimizers, rng = state.tagger, state.groups, state.optimizers, state.rng
     replicas = strategy.num_replicas_in_sync
 
     def step_fn(batch: dict[str, tf.Tensor], train_backbone: bool) -> dict[str, tf.Tensor]:
@@ -479,10 +428,10 @@ def finetune(
                 mel, target = mixed.x, mixed.targets
             out = tagger.net(mel, training=True)
             total, terms = loss_fn(target, out["logits"], out["embedding"])
-            scaled = total / replicas
+            scaled = total / replicas  # the global batch's mean once the replicas' gradients sum
         grads = tape.gradient(scaled, variables)
         start = 0
-        for opt, group in zip(optimizers[-len(active):], active):
+        for opt, group in zip(optimizers[-len(active) :], active):
             opt.apply_gradients(zip(grads[start : start + len(group)], group))
             start += len(group)
         return {"loss": total, **terms}
@@ -492,90 +441,186 @@ def finetune(
         per_replica = strategy.run(step_fn, args=(batch, train_backbone))
         return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in per_replica.items()}
 
-    predict_fn = tf.function(
-        lambda w: tagger(w, training=False)["logits"],
-        input_signature=[tf.TensorSpec([None, clip_samples], tf.float32)],
-    )
+    return train_step
 
-    def predict(waveforms: np.ndarray) -> np.ndarray:
-        return predict_fn(tf.constant(waveforms)).numpy()
-    better = MONITORS[config.monitor]
-    distributed = strategy.experimental_distribute_dataset(train_ds)
 
-    for epoch in range(first_epoch, config.epochs):
-        factor = learning_rate_factor(epoch, config)
-        for opt, mult in zip(optimizers, multipliers):
-            opt.learning_rate.assign(config.learning_rate * factor * mult)
+# --- the epochs ------------------------------------------------------------------------------
+
+
+class _Training:
+    """One start of a run, epoch by epoch: train, validate, track the best epoch and early
+    stopping, save the epoch."""
+
+    def __init__(
+        self,
+        config: FinetuneConfig,
+        run: _RunFolder,
+        inputs: _RunInputs,
+        state: _TrainingState,
+        strategy: tf.distribute.Strategy,
+        cache: AudioCache,
+        say: Callable[[str], None],
+    ) -> None:
+        self.config, self.run, self.inputs, self.state = config, run, inputs, state
+        self.strategy, self.cache, self.say = strategy, cache, say
+        self.train_step = _train_step_function(state, inputs.loss, config, strategy)
+        predict_fn = tf.function(
+            lambda w: state.tagger(w, training=False)["logits"],
+            input_signature=[tf.TensorSpec([None, inputs.clip_samples], tf.float32)],
+        )
+        self.predict = lambda waveforms: predict_fn(tf.constant(waveforms)).numpy()
+
+    def run_epochs(self, manager: tf.train.CheckpointManager, verbose: bool) -> list[dict[str, Any]]:
+        """Train from where the run stands to its last epoch or early stop; the whole run's log."""
+        config, state = self.config, self.state
+        history: list[dict[str, Any]] = self.run.log_rows(int(state.epoch))
+        first_epoch = _first_epoch(state, config, self.say)
+        batches, steps = self._training_batches(first_epoch)
+        with _writing(self.run.root):
+            writer = tf.summary.create_file_writer(str(self.run.root / "tensorboard")) if config.tensorboard else None
+        for epoch in range(first_epoch, config.epochs):
+            started = time.time()
+            row: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch, batches, steps, verbose)}
+            row.update(self.validate(epoch, row["lr"]))
+            row["seconds"] = round(time.time() - started, 2)
+            history.append(row)
+            if self.track_best(row):
+                self.save_best(row)
+            self.say(
+                f"epoch {epoch + 1}/{config.epochs}: loss {row.get('train_loss', float('nan')):.4f} "
+                f"val_acc {row['val_accuracy']:.4f} val_f1 {row['val_macro_f1']:.4f} val_loss {row['val_loss']:.4f}"
+                f" (best {config.monitor} {float(state.best):.4f} @ {int(state.best_epoch)})"
+            )
+            self.save_epoch(history, manager, writer)
+            if int(state.bad_epochs) >= config.patience:
+                self.say(f"early stop: no {config.monitor} improvement for {config.patience} epochs")
+                break
+        return history
+
+    def _training_batches(self, first_epoch: int) -> tuple[Any, int]:
+        """The distributed training data and its batches per epoch. The data set's epoch counter
+        starts where the run stands: epoch e of a resumed run gets the order and crops that epoch e
+        of an uninterrupted run gets."""
+        config, train = self.config, self.inputs.splits["train"]
+        dataset = make_dataset(
+            train, self.inputs.class_names, mode="train", clip_samples=self.inputs.clip_samples,
+            batch_size=config.batch_size, seed=config.seed, cache=self.cache,
+            drop_remainder=len(train) >= 2 * config.batch_size, first_epoch=first_epoch,
+        )  # fmt: skip
+        return self.strategy.experimental_distribute_dataset(dataset), int(dataset.cardinality())
+
+    def train_epoch(self, epoch: int, batches: Any, steps: int, verbose: bool) -> dict[str, Any]:
+        """One pass over the training data at the epoch's learning rates; the mean loss and terms.
+        A non-finite loss stops the run before anything of the epoch is saved."""
+        config, optimizers = self.config, self.state.optimizers
+        lr = config.learning_rate * learning_rate_factor(epoch, config)
+        depth = len(optimizers) - 1  # the head's level; each level below gets layer_decay once more
+        for level, opt in enumerate(optimizers):
+            opt.learning_rate.assign(lr * config.layer_decay ** (depth - level))
         train_backbone = epoch >= config.freeze_backbone_epochs
-        progbar = tf_keras.utils.Progbar(steps_per_epoch, verbose=1 if verbose else 0, unit_name="batch")
-        started = time.time()
+        progbar = tf_keras.utils.Progbar(steps, verbose=1 if verbose else 0, unit_name="batch")
         sums: dict[str, float] = {}
-        lr = config.learning_rate * factor
-        for step, batch in enumerate(distributed):
-            values = {k: float(v) for k, v in train_step(batch, train_backbone).items()}
+        done = 0
+        for step, batch in enumerate(batches):
+            values = {k: float(v) for k, v in self.train_step(batch, train_backbone).items()}
             if not math.isfinite(values["loss"]):
-                raise _diverged(run, epoch, f"the training loss became {values['loss']} at step {step + 1}", lr)
+                raise _diverged(self.run, epoch, f"the training loss became {values['loss']} at step {step + 1}", lr)
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
-            progbar.update(step + 1, [(k, v) for k, v in values.items()])
+            progbar.update(step + 1, list(values.items()))
+            done = step + 1
+        means = {f"train_{k}": v / max(done, 1) for k, v in sums.items()}
+        return {"lr": lr, "backbone_trained": int(train_backbone), **means}
+
+    def validate(self, epoch: int, lr: float) -> dict[str, float]:
+        """Validation loss, accuracy and macro-F1 on whole files; non-finite logits stop the run
+        before anything of the epoch is saved."""
+        inputs = self.inputs
         try:
-            report, val_logits = evaluate(predict, splits["val"], class_names, clip_samples, config.batch_size, cache)
+            report, logits = evaluate(
+                self.predict, inputs.splits["val"], inputs.class_names, inputs.clip_samples,
+                self.config.batch_size, self.cache,
+            )  # fmt: skip
         except NonFiniteLogitsError:
-            raise _diverged(run, epoch, "the model's validation logits became non-finite", lr) from None
-        val_targets = tf.one_hot(true_ids(splits["val"], class_names), len(class_names))
-        val_loss = float(cross_entropy(val_targets, tf.constant(val_logits), config.loss_form))
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "backbone_trained": int(train_backbone),
-            **{f"train_{k}": v / max(step + 1, 1) for k, v in sums.items()},
-            "val_loss": val_loss,
-            "val_accuracy": report.accuracy,
-            "val_macro_f1": report.macro_f1,
-            "seconds": round(time.time() - started, 2),
-        }
-        history.append(row)
-        value = row[config.monitor]
-        if is_improvement(value, val_loss, float(best_var), float(best_loss_var), better):
-            best_var.assign(value)
-            best_loss_var.assign(val_loss)
-            best_epoch_var.assign(epoch + 1)
-            bad_epochs_var.assign(0)
-            with _writing(run.root):
-                save_tagger(
-                    tagger, run.best, source=f"fine-tuned from {config.model}, epoch {epoch + 1}",
-                    training={"clip_seconds": config.clip_seconds, "epoch": epoch + 1, config.monitor: value},
-                )
-        else:
-            bad_epochs_var.assign_add(1)
-        say(
-            f"epoch {epoch + 1}/{config.epochs}: loss {row.get('train_loss', float('nan')):.4f} "
-            f"val_acc {report.accuracy:.4f} val_f1 {report.macro_f1:.4f} val_loss {val_loss:.4f}"
-            f" (best {config.monitor} {float(best_var):.4f} @ {int(best_epoch_var)})"
-        )
-        epoch_var.assign(epoch + 1)
-        with _writing(run.root):
+            raise _diverged(self.run, epoch, "the model's validation logits became non-finite", lr) from None
+        targets = tf.one_hot(true_ids(inputs.splits["val"], inputs.class_names), len(inputs.class_names))
+        val_loss = float(cross_entropy(targets, tf.constant(logits), self.config.loss_form))
+        return {"val_loss": val_loss, "val_accuracy": report.accuracy, "val_macro_f1": report.macro_f1}
+
+    def track_best(self, row: dict[str, Any]) -> bool:
+        """Count the epoch for the best one or for early stopping; whether it is the new best."""
+        state, monitor = self.state, self.config.monitor
+        value = row[monitor]
+        if not is_improvement(value, row["val_loss"], float(state.best), float(state.best_loss), MONITORS[monitor]):
+            state.bad_epochs.assign_add(1)
+            return False
+        state.best.assign(value)
+        state.best_loss.assign(row["val_loss"])
+        state.best_epoch.assign(row["epoch"])
+        state.bad_epochs.assign(0)
+        return True
+
+    def save_best(self, row: dict[str, Any]) -> None:
+        config, epoch = self.config, row["epoch"]
+        with _writing(self.run.root):
+            save_tagger(
+                self.state.tagger, self.run.best, source=f"fine-tuned from {config.model}, epoch {epoch}",
+                training={"clip_seconds": config.clip_seconds, "epoch": epoch, config.monitor: row[config.monitor]},
+            )  # fmt: skip
+
+    def save_epoch(self, history: list[dict[str, Any]], manager: tf.train.CheckpointManager, writer: Any) -> None:
+        """Log the epoch (CSV, TensorBoard) and checkpoint it: a later start resumes after it."""
+        row = history[-1]
+        self.state.epoch.assign(row["epoch"])
+        with _writing(self.run.root):
             if writer is not None:
-                with writer.as_default(step=epoch + 1):
+                with writer.as_default(step=row["epoch"]):
                     for k, v in row.items():
                         if k != "epoch":
                             tf.summary.scalar(k, v)
-            run.write_log(history)
-            manager.save(checkpoint_number=epoch + 1)
-        if int(bad_epochs_var) >= config.patience:
-            say(f"early stop: no {config.monitor} improvement for {config.patience} epochs")
-            break
+            self.run.write_log(history)
+            manager.save(checkpoint_number=row["epoch"])
 
-    if history and int(best_epoch_var) == 0:
-        raise EatKerasError(f"no epoch gave a finite {config.monitor}: nothing was saved as {run.best}")
-    test_report = None
-    if splits["test"]:
+    def test_best(self) -> ClassificationReport | None:
+        """The test side's report for the saved best model, when the split has a test side."""
+        if not self.inputs.splits["test"]:
+            return None
         from eat_keras.models.saving import load_tagger_dir
 
-        best_fn = load_tagger_dir(run.best).predict_function_for_waveforms()
-        test_report, _ = evaluate(
-            lambda w: best_fn(tf.constant(w))["logits"].numpy(), splits["test"], class_names,
-            clip_samples, config.batch_size, cache,
-        )
-        say("test (best checkpoint):\n" + test_report.summary())
-    return FinetuneResult(run.root, run.best, int(best_epoch_var), float(best_var), history, test_report)
+        best_fn = load_tagger_dir(self.run.best).predict_function_for_waveforms()
+        report, _ = evaluate(
+            lambda w: best_fn(tf.constant(w))["logits"].numpy(), self.inputs.splits["test"],
+            self.inputs.class_names, self.inputs.clip_samples, self.config.batch_size, self.cache,
+        )  # fmt: skip
+        self.say("test (best checkpoint):\n" + report.summary())
+        return report
+
+
+def finetune(
+    examples: Sequence[Example],
+    out_dir: str | Path,
+    config: FinetuneConfig,
+    strategy: tf.distribute.Strategy | None = None,
+    cache: AudioCache | None = None,
+    verbose: bool = True,
+) -> FinetuneResult:
+    """Fine-tune ``config.model`` on ``examples``; resumes when ``out_dir`` holds the same run."""
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if verbose else (lambda msg: None)
+    strategy = strategy or tf.distribute.get_strategy()
+    cache = cache or AudioCache()
+    inputs, base = _checked_inputs(examples, config, cache)
+
+    run = _RunFolder(Path(out_dir))
+    resuming = run.latest_checkpoint() is not None
+    run.claim(config)
+    say(run.record_split(inputs.splits, resuming))
+    state = _training_state(base, inputs.class_names, config, strategy)
+    del base
+    manager = _restored(state, run, resuming, say)
+
+    training = _Training(config, run, inputs, state, strategy, cache, say)
+    history = training.run_epochs(manager, verbose)
+    if history and int(state.best_epoch) == 0:
+        raise EatKerasError(f"no epoch gave a finite {config.monitor}: nothing was saved as {run.best}")
+    test_report = training.test_best()
+    return FinetuneResult(run.root, run.best, int(state.best_epoch), float(state.best), history, test_report)

@@ -4,7 +4,8 @@ The defaults reproduce the seed recipe (spec §7.2): ``0.8 · ClassBalanced + 0.
 β = 0.9999, softmax form, no focal term, τ = 0.07. Every loss takes targets as ``[B, C]``
 probability rows (one-hot, or soft after mixup) so that mixup needs no special case: all of them are
 linear in the targets, so ``loss(λy + (1−λ)y')`` equals upstream's ``λ·loss(y) + (1−λ)·loss(y')``.
-Computation is in float32 whatever the logits' dtype (mixed precision).
+Computation is in float32 whatever the logits' dtype (mixed precision). Each loss is a term of the
+table in :mod:`eat_keras.train.loss_table` through its ``*_term`` builder here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,17 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
-from eat_keras.errors import ConfigError
+from eat_keras.train.loss_table import (
+    DEFAULT_LOSS_TERMS,
+    FORMS,
+    LOSS_TERMS,
+    LossContext,
+    LossSettingError,
+    TermFunction,
+    check_loss_terms,
+    loss_settings,
+    resolved_loss_settings,
+)
 
 __all__ = [
     "CombinedLoss",
@@ -23,9 +34,12 @@ __all__ = [
     "check_cb_beta",
     "check_loss_terms",
     "class_balanced_loss",
+    "class_balanced_term",
     "class_balanced_weights",
     "cross_entropy",
+    "cross_entropy_term",
     "supervised_contrastive_loss",
+    "supervised_contrastive_term",
 ]
 
 Form = Literal["softmax", "sigmoid"]
@@ -36,32 +50,10 @@ _FOCAL_FLOOR = 1e-12
 _SUPCON_EPS = 1e-12
 _EXCLUDED = -1e9
 
-#: The loss terms :class:`CombinedLoss` knows.
-TERM_NAMES = ("cb", "ce", "supcon")
-
-
-class LossSettingError(ConfigError):
-    """A loss setting a user chose (``--loss``, ``--cb-beta``) is invalid: one CLI error line, and
-    a ``ValueError`` for callers of the library functions, as these checks raised before."""
-
-
-def check_loss_terms(terms: Mapping[str, float]) -> None:
-    """Refuse unknown or no term names, weights that are negative or not finite, and weights that
-    are all zero (a zero loss has zero gradients: the run would train nothing)."""
-    unknown = sorted(set(terms) - set(TERM_NAMES))
-    if unknown or not terms:
-        raise LossSettingError(f"loss terms must be among {TERM_NAMES}, got {sorted(terms)}")
-    bad = {name: w for name, w in terms.items() if not (np.isfinite(w) and w >= 0)}
-    if bad:
-        raise LossSettingError(f"loss term weights must be finite and >= 0, got {bad}")
-    if not any(w > 0 for w in terms.values()):
-        raise LossSettingError(f"at least one loss term weight must be > 0, got {dict(terms)}")
-
 
 def check_cb_beta(beta: float) -> None:
     """β = 1 makes every class-balanced weight 0/0; β < 0 has no meaning."""
-    if not 0.0 <= beta < 1.0:
-        raise LossSettingError(f"class-balanced beta must be in [0, 1), got {beta}")
+    loss_settings()["cb_beta"].check(beta)
 
 
 def class_balanced_weights(counts: np.ndarray | list[int], beta: float = 0.9999) -> np.ndarray:
@@ -173,57 +165,84 @@ def supervised_contrastive_loss(
     return -tf.reduce_mean(per_anchor)
 
 
+def class_balanced_term(context: LossContext) -> TermFunction:
+    """The ``cb`` entry: :func:`class_balanced_loss` with the caller's class weights, else the
+    weights of the training counts for ``cb_beta``."""
+    weights = context.class_weights
+    if weights is None:
+        if context.class_counts is None:
+            raise ValueError("the 'cb' term needs class_weights (see class_balanced_weights) or class counts")
+        weights = class_balanced_weights(context.class_counts, context.settings["cb_beta"])
+    weights = np.asarray(weights, np.float32)
+    gamma, form = context.settings["focal_gamma"], context.form
+    return lambda inputs: class_balanced_loss(inputs["targets"], inputs["logits"], weights, gamma, form)
+
+
+def cross_entropy_term(context: LossContext) -> TermFunction:
+    """The ``ce`` entry: :func:`cross_entropy`."""
+    return lambda inputs: cross_entropy(inputs["targets"], inputs["logits"], context.form)
+
+
+def supervised_contrastive_term(context: LossContext) -> TermFunction:
+    """The ``supcon`` entry: :func:`supervised_contrastive_loss` on the embeddings, with the argmax
+    of the targets as labels (after mixup that is the dominant, λ ≥ 0.5, label)."""
+    temperature = context.settings["supcon_temperature"]
+
+    def term(inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        labels = tf.argmax(inputs["targets"], axis=-1, output_type=tf.int32)
+        return supervised_contrastive_loss(inputs["embeddings"], labels, temperature)
+
+    return term
+
+
 class CombinedLoss:
-    """Weighted sum of named loss terms; ``terms`` maps a name to its weight.
+    """Weighted sum of terms of the loss table (:mod:`eat_keras.train.loss_table`); ``terms`` maps
+    a name to its weight, ``settings`` overrides the terms' settings (``cb_beta``, ...).
 
-    Names: ``"cb"`` (:func:`class_balanced_loss`, needs ``class_weights``), ``"ce"``
-    (:func:`cross_entropy`), ``"supcon"`` (:func:`supervised_contrastive_loss` on the embeddings,
-    with the argmax of the targets as labels: after mixup that is the dominant, λ ≥ 0.5, label).
-    The default ``{"cb": 0.8, "supcon": 0.2}`` is the seed recipe's.
+    Built in: ``"cb"`` (:func:`class_balanced_loss`, with ``class_weights`` or weights from
+    ``class_counts``), ``"ce"`` (:func:`cross_entropy`), ``"supcon"``
+    (:func:`supervised_contrastive_loss`, needs the embeddings). The default
+    ``{"cb": 0.8, "supcon": 0.2}`` is the seed recipe's.
 
-    Calling it returns ``(total, {name: unweighted term})``; the dict is for logging.
+    Calling it returns ``(total, {name: unweighted term})``; the dict is for logging. Inputs a term
+    needs besides the targets, logits and embeddings are passed by name (``teacher_logits=...``).
     """
-
-    NAMES = TERM_NAMES
 
     def __init__(
         self,
         class_weights: np.ndarray | None = None,
         terms: Mapping[str, float] | None = None,
         *,
-        gamma: float = 0.0,
         form: Form = "softmax",
-        temperature: float = 0.07,
+        settings: Mapping[str, float] | None = None,
+        class_counts: np.ndarray | None = None,
     ) -> None:
-        self.terms = dict(terms if terms is not None else {"cb": 0.8, "supcon": 0.2})
+        self.terms = dict(terms if terms is not None else DEFAULT_LOSS_TERMS)
         check_loss_terms(self.terms)
-        if "cb" in self.terms and class_weights is None:
-            raise ValueError("the 'cb' term needs class_weights (see class_balanced_weights)")
-        if form not in ("softmax", "sigmoid"):
+        if form not in FORMS:
             raise ValueError(f"form must be 'softmax' or 'sigmoid', got {form!r}")
-        self.class_weights = (
-            None if class_weights is None else np.asarray(class_weights, np.float32)
-        )
-        self.gamma = gamma
         self.form = form
-        self.temperature = temperature
+        self.settings = resolved_loss_settings(settings)
+        context = LossContext(self.settings, form, class_counts, class_weights)
+        self.functions = {name: LOSS_TERMS[name].builder()(context) for name in self.terms}
+        self.needs = {name: LOSS_TERMS[name].needs for name in self.terms}
 
     def __call__(
-        self, targets: tf.Tensor, logits: tf.Tensor, embeddings: tf.Tensor | None = None
+        self,
+        targets: tf.Tensor,
+        logits: tf.Tensor,
+        embeddings: tf.Tensor | None = None,
+        **inputs: tf.Tensor,
     ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        inputs = {"targets": targets, "logits": logits, **inputs}
+        if embeddings is not None:
+            inputs["embeddings"] = embeddings
         values: dict[str, tf.Tensor] = {}
-        for name in self.terms:
-            if name == "cb":
-                values[name] = class_balanced_loss(
-                    targets, logits, self.class_weights, self.gamma, self.form
-                )
-            elif name == "ce":
-                values[name] = cross_entropy(targets, logits, self.form)
-            else:
-                if embeddings is None:
-                    raise ValueError("the 'supcon' term needs the embeddings")
-                labels = tf.argmax(targets, axis=-1, output_type=tf.int32)
-                values[name] = supervised_contrastive_loss(embeddings, labels, self.temperature)
+        for name, function in self.functions.items():
+            missing = [need for need in self.needs[name] if need not in inputs]
+            if missing:
+                raise ValueError(f"the {name!r} term needs the {', '.join(missing)}")
+            values[name] = function(inputs)
         total = tf.add_n([self.terms[name] * value for name, value in values.items()])
         return total, values
 

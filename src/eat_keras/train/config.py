@@ -1,0 +1,131 @@
+"""FinetuneConfig: every choice of a fine-tuning run, with the help text of its command-line flag.
+
+``eat-keras finetune`` makes one flag per field from this class (the field's metadata holds the
+help text and, where it is not ``--field-name``, the flag) and one per loss setting from the loss
+table, so the defaults live here alone. The module imports no TensorFlow: the command line reads it
+to build its parser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from eat_keras.errors import ConfigError
+from eat_keras.tagging import MIN_SECONDS
+from eat_keras.train.loss_table import (
+    DEFAULT_LOSS_TERMS,
+    check_loss_settings,
+    check_loss_terms,
+    default_loss_settings,
+)
+
+__all__ = ["LABEL_TYPES", "MAX_CLIP_SECONDS", "MONITORS", "FinetuneConfig"]
+
+# monitored metric → which of two values is better
+MONITORS = {"val_accuracy": max, "val_macro_f1": max, "val_loss": min}
+LABEL_TYPES = ("single_label", "multi_label")
+#: The longest evaluation or training clip: a batch of clips is held in memory at once.
+MAX_CLIP_SECONDS = 60.0
+
+# Numeric settings and their lower bound (all must also be finite): a bad one fails at once, in
+# one line, instead of deep inside TensorFlow or as a silently empty run (patience 0, epochs 0).
+_POSITIVE = ("clip_seconds", "batch_size", "epochs", "learning_rate", "layer_decay", "patience")
+_NON_NEGATIVE = (
+    "warmup_epochs", "rampdown_start", "rampdown_epochs", "last_lr_factor", "mixup_alpha", "gain_db",
+    "roll_samples", "freqm", "timem", "freeze_backbone_epochs",
+)  # fmt: skip
+# Counts: a fraction would fail deep inside tf.data or Python's range().
+_INTEGER = (
+    "batch_size", "epochs", "warmup_epochs", "rampdown_start", "rampdown_epochs", "gain_db", "roll_samples",
+    "freqm", "timem", "freeze_backbone_epochs", "patience", "seed",
+)  # fmt: skip
+
+
+def _option(default: Any = None, help: str = "", *, factory: Any = None, **cli: Any) -> Any:
+    """A field with its command-line help; ``cli`` may name the flag (``flag="--lr"``) or give
+    its ``choices``."""
+    metadata = {"help": help, **cli}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """Every choice of a fine-tuning run (saved as ``finetune.json``)."""
+
+    model: str = _option("mn04_as", "preset, .pt/.onnx, or model folder to start from")
+    weights: str | None = _option(None, "explicit path to the preset's weight file")
+    clip_seconds: float = _option(2.0, "training clip length in seconds, cropped at random")
+    batch_size: int = _option(32, "global batch size, split across replicas")
+    epochs: int = _option(30, "number of training epochs")
+    learning_rate: float = _option(6e-5, "peak learning rate of Adam", flag="--lr")
+    # upstream schedule: exponential warm-up, then linear decay to last_lr_factor (per epoch)
+    warmup_epochs: int = _option(10, "epochs of exponential learning-rate warm-up")
+    rampdown_start: int = _option(10, "epoch at which the linear learning-rate decay starts")
+    rampdown_epochs: int = _option(65, "epochs the decay takes to reach --last-lr-factor")
+    last_lr_factor: float = _option(0.01, "learning-rate factor at the end of the decay")
+    loss_terms: dict[str, float] = _option(
+        help="weighted loss terms, NAME=WEIGHT (a NAME alone weighs 1)", flag="--loss",
+        factory=lambda: dict(DEFAULT_LOSS_TERMS),
+    )  # fmt: skip
+    # the loss terms' own settings (cb_beta, ...): one flag each, from the loss table
+    loss_settings: dict[str, float] = _option(help="loss term settings", factory=default_loss_settings)
+    label_type: str = _option(
+        "single_label", "softmax scores (one class per file) or sigmoid scores", choices=LABEL_TYPES
+    )
+    mixup_alpha: float = _option(0.3, "mixup Beta(alpha, alpha) parameter; 0 disables mixup")
+    gain_db: int = _option(12, "random gain in [-N, N) dB; 0 disables")
+    roll_samples: int = _option(4000, "random circular time shift of up to N samples; 0 disables")
+    freqm: int = _option(0, "SpecAugment frequency-mask width in mel bins; 0 disables")
+    timem: int = _option(0, "SpecAugment time-mask width in frames; 0 disables")
+    freeze_backbone_epochs: int = _option(0, "train only the new head for the first N epochs")
+    layer_decay: float = _option(1.0, "learning-rate factor per depth level, head = 1; 1 disables")
+    freeze_batchnorm: bool = _option(False, "keep BatchNorm statistics and affine parameters fixed")
+    val_fraction: float = _option(0.1, "share of each class held out for validation")
+    test_fraction: float = _option(0.0, "share of each class held out for testing")
+    val_folds: list[str] | None = _option(None, "folds for validation (manifests with a fold column)")
+    test_folds: list[str] | None = _option(None, "folds held out for testing")
+    seed: int = _option(0, "seed of the split, the data order and the augmentations")
+    monitor: str = _option("val_macro_f1", "validation metric that picks the best epoch", choices=tuple(MONITORS))
+    patience: int = _option(10, "early stopping: epochs without improvement")
+    tensorboard: bool = _option(False, "also write TensorBoard summaries into the run folder")
+
+    def __post_init__(self) -> None:
+        self.loss_settings = {**default_loss_settings(), **self.loss_settings}
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for a setting no run can use; :func:`finetune` calls it
+        again, as the fields can be changed."""
+        if self.monitor not in MONITORS:
+            raise ConfigError(f"monitor must be one of {sorted(MONITORS)}, got {self.monitor!r}")
+        if self.label_type not in LABEL_TYPES:
+            raise ConfigError(f"label_type must be single_label or multi_label, got {self.label_type!r}")
+        for name in _INTEGER:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ConfigError(f"{name} must be a whole number, got {value!r}")
+        for name in (*_POSITIVE, *_NON_NEGATIVE):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and (value > 0 if name in _POSITIVE else value >= 0)):
+                bound = "> 0" if name in _POSITIVE else ">= 0"
+                raise ConfigError(f"{name} must be finite and {bound}, got {value}")
+        # The models are validated for clips of 1 s upward (as tagging's windows).
+        if not MIN_SECONDS <= self.clip_seconds <= MAX_CLIP_SECONDS:
+            raise ConfigError(
+                f"clip_seconds must be between {MIN_SECONDS:g} and {MAX_CLIP_SECONDS:g} s, got {self.clip_seconds:g}"
+            )
+        check_loss_terms(self.loss_terms)
+        check_loss_settings(self.loss_settings)
+
+    @property
+    def loss_form(self) -> str:
+        return "softmax" if self.label_type == "single_label" else "sigmoid"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
