@@ -17,10 +17,26 @@ from typing import Protocol
 
 import numpy as np
 
-from eat_keras.errors import EatKerasError
+from eat_keras.errors import AudioError, EatKerasError
 from eat_keras.labels import LABEL_LIST_FILE, read_class_names
 
 # TensorFlow is imported inside the runners that need it: running a .tflite file needs LiteRT only.
+
+# What every artifact says about input it cannot score: the Keras model and the SavedModel raise
+# with these messages (tf.debugging checks), TFLite files give NaN, which the runner words the same.
+NON_FINITE_WAVEFORM = "the waveform holds NaN or Inf samples"
+NON_FINITE_LOG_MEL = "the log-mel holds NaN, Inf or overflowed values"
+OVERFLOWING_LOG_MEL = (
+    "the waveform's log-mel overflows float32: its samples reach far beyond [-1, 1] (float audio is "
+    "expected in [-1, 1])"
+)
+
+
+def non_finite_scores_error(waveforms: np.ndarray) -> AudioError:
+    """Why an artifact that cannot raise gave non-finite scores for ``waveforms``."""
+    if not np.isfinite(waveforms).all():
+        return AudioError(NON_FINITE_WAVEFORM)
+    return AudioError(f"non-finite scores: {OVERFLOWING_LOG_MEL}, or the model's weights are not finite")
 
 
 class Runner(Protocol):
@@ -92,7 +108,15 @@ class SavedModelRunner:
     def _run(self, waveforms: np.ndarray, output: str) -> np.ndarray:
         import tensorflow as tf
 
-        return self._serve(waveform=tf.constant(waveforms, tf.float32))[output].numpy()
+        from eat_keras.models.tagger import audio_error_from
+
+        try:
+            return self._serve(waveform=tf.constant(waveforms, tf.float32))[output].numpy()
+        except tf.errors.InvalidArgumentError as exc:  # the signature's non-finite input check
+            error = audio_error_from(exc)
+            if error is None:
+                raise
+            raise error from None
 
     def logits(self, waveforms: np.ndarray) -> np.ndarray:
         return self._run(waveforms, "logits")
@@ -135,12 +159,17 @@ class TFLiteRunner:
         self.class_names = read_class_names(labels, num_classes) if labels is not None else []
 
     def _run(self, waveforms: np.ndarray, output: int) -> np.ndarray:
+        if not np.isfinite(waveforms).all():  # files without the NaN output (int8, other tools') included
+            raise AudioError(NON_FINITE_WAVEFORM)
         rows = []
         for waveform in waveforms:  # the file has a batch-1 input
             self._interpreter.set_tensor(self._input, np.asarray(waveform[np.newaxis], np.float32))
             self._interpreter.invoke()
             rows.append(self._interpreter.get_tensor(output)[0].copy())
-        return np.stack(rows)
+        out = np.stack(rows)
+        if not np.isfinite(out).all():  # the file's answer to non-finite or overflowing input
+            raise non_finite_scores_error(waveforms)
+        return out
 
     def logits(self, waveforms: np.ndarray) -> np.ndarray:
         out = self._run(waveforms, self._output)
@@ -178,7 +207,11 @@ class OnnxRunner:
     def logits(self, waveforms: np.ndarray) -> np.ndarray:
         import tensorflow as tf
 
+        from eat_keras.models.tagger import LOG_MEL_CEILING
+
         mel = self._frontend(tf.constant(waveforms, tf.float32), training=False).numpy()
+        if not (mel < LOG_MEL_CEILING).all():  # NaN compares false too
+            raise AudioError(NON_FINITE_WAVEFORM if not np.isfinite(waveforms).all() else OVERFLOWING_LOG_MEL)
         nchw = np.transpose(mel, (0, 3, 1, 2))  # upstream exports take [B, 1, n_mels, T]
         rows = [self._session.run(None, {self._input: nchw[i : i + 1]})[0].reshape(1, -1) for i in range(len(nchw))]
         return np.concatenate(rows)

@@ -11,11 +11,16 @@ labelled scores with TensorFlow alone (no eat-keras, no PyTorch). Signatures:
 - ``frame_scores``: ``waveform`` → ``frame_scores`` [batch, frames', classes] with ``frame_start``
   and ``frame_end`` [frames'] in seconds.
 
+Every signature refuses input it cannot score: a waveform with NaN or Inf samples, or one whose
+log-mel overflows float32 (samples far beyond [-1, 1]), and a non-finite log-mel, fail with an
+InvalidArgumentError (TF Serving answers with that error) instead of returning scores.
+
 Class names travel as an asset (``assets/labels.txt``) and as the callable ``class_names()``;
 ``sample_rate``, ``model_name``, ``label_type``, ``clip_seconds`` (the fine-tuning clip length; 0
 where unknown), ``eat_keras_version`` and ``config_json`` are variables readable from the loaded
 object. The folder is written as ``<out>/<name>/<version>/`` under a temporary name and renamed into
-place, so TF Serving never sees a half-written version.
+place, so TF Serving never sees a half-written version; the next export into ``<out>/<name>/``
+removes what a killed one left.
 
 The weights are graph constants, not variables (:func:`frozen`): the folder is for inference; to
 fine-tune, start from the eat-keras model folder or the checkpoint.
@@ -27,8 +32,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,10 +40,21 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from eat_keras import __version__
-from eat_keras.errors import ExistingOutputError
+from eat_keras.errors import ConfigError, ExistingOutputError
 from eat_keras.labels import LABEL_LIST_FILE, write_label_list
 from eat_keras.models import AudioTagger
 from eat_keras.models.blocks import block_specs
+from eat_keras.models.saving import (
+    check_output_name,
+    output_errors,
+    output_folder,
+    remove_stale_staging,
+    staging_folder,
+)
+from eat_keras.models.tagger import NON_FINITE_LOG_MEL, checked_log_mel, checked_waveform
+
+#: TF Serving reads version folder names as signed 64-bit integers and serves the highest
+MAX_VERSION = 2**63 - 1
 
 
 def time_downsampling(tagger: AudioTagger) -> int:
@@ -97,17 +111,22 @@ class ExportedTagger(tf.Module):
         self.frame_scores = tf.function(self._frame_scores, input_signature=[waveform_spec])
         self.class_names = tf.function(self._class_names, input_signature=[])
 
+    def _checked_log_mel(self, waveform: tf.Tensor) -> tf.Tensor:
+        """The front-end between the two input checks (see the module docstring)."""
+        return checked_log_mel(self._frontend(checked_waveform(waveform)))
+
     def _serve(self, waveform: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._tagger.clip_outputs(self._net(self._frontend(waveform)))
+        return self._tagger.clip_outputs(self._net(self._checked_log_mel(waveform)))
 
     def _log_mel(self, waveform: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"log_mel": self._frontend(waveform)[..., 0]}
+        return {"log_mel": self._checked_log_mel(waveform)[..., 0]}
 
     def _from_log_mel(self, log_mel: tf.Tensor) -> dict[str, tf.Tensor]:
+        log_mel = checked_log_mel(log_mel, NON_FINITE_LOG_MEL)
         return self._tagger.clip_outputs(self._net(tf.expand_dims(log_mel, -1)))
 
     def _frame_scores(self, waveform: tf.Tensor) -> dict[str, tf.Tensor]:
-        out = self._net(self._frontend(waveform))
+        out = self._net(self._checked_log_mel(waveform))
         frame_logits = out["frame_logits"]
         step = self._seconds_per_output_frame
         starts = tf.cast(tf.range(tf.shape(frame_logits)[1]), tf.float32) * step
@@ -126,36 +145,48 @@ def _next_version(model_root: Path) -> int:
     return max(versions, default=0) + 1
 
 
+def check_version(version: int | None) -> int | None:
+    """``version`` when TF Serving can serve a folder of that name (None: the next free one)."""
+    if version is not None and not 0 <= version <= MAX_VERSION:
+        raise ConfigError(f"a SavedModel version must be a whole number from 0 to 2^63 - 1; got {version}")
+    return version
+
+
 def export_saved_model(
     tagger: AudioTagger, out_dir: str | Path, name: str, version: int | None = None
 ) -> Path:
-    """Write ``<out_dir>/<name>/<version>/`` and return its path (version: next free integer)."""
+    """Write ``<out_dir>/<name>/<version>/`` and return its path (version: next free integer).
+
+    A failed write is one :class:`~eat_keras.models.saving.OutputError` and leaves no folder this
+    call created; staging folders that killed exports left in ``<out_dir>/<name>/`` are removed."""
     if not tagger.class_names:
         raise ValueError("the tagger needs class names to be exported")
-    model_root = Path(out_dir) / name
-    model_root.mkdir(parents=True, exist_ok=True)
-    version = _next_version(model_root) if version is None else version
-    final = model_root / str(version)
-    if final.exists():
-        raise ExistingOutputError(f"{final} exists; choose another --version")
-    # dot-prefixed: TF Serving only loads numeric folder names, so it never sees the staging one
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial.", dir=model_root))
-    try:
-        labels_file = staging / LABEL_LIST_FILE
-        write_label_list(labels_file, tagger.class_names)
-        module = ExportedTagger(tagger, name, labels_file)
-        export_dir = staging / "model"
-        tf.saved_model.save(
-            module,
-            str(export_dir),
-            signatures={
-                "serving_default": module.serve,
-                "log_mel": module.log_mel,
-                "from_log_mel": module.from_log_mel,
-                "frame_scores": module.frame_scores,
-            },
-        )
-        os.replace(export_dir, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    check_output_name(name)
+    check_version(version)
+    with output_folder(Path(out_dir) / name) as model_root:
+        remove_stale_staging(model_root)
+        version = _next_version(model_root) if version is None else version
+        final = model_root / str(version)
+        if final.exists():
+            raise ExistingOutputError(f"{final} exists; choose another --version")
+        # dot-prefixed: TF Serving only loads numeric folder names, so it never sees the staging one
+        with staging_folder(model_root, str(version)) as staging, output_errors(final):
+            labels_file = staging / LABEL_LIST_FILE
+            write_label_list(labels_file, tagger.class_names)
+            module = ExportedTagger(tagger, name, labels_file)
+            _save(module, staging / "model")
+            os.replace(staging / "model", final)
     return final
+
+
+def _save(module: ExportedTagger, export_dir: Path) -> None:
+    tf.saved_model.save(
+        module,
+        str(export_dir),
+        signatures={
+            "serving_default": module.serve,
+            "log_mel": module.log_mel,
+            "from_log_mel": module.from_log_mel,
+            "frame_scores": module.frame_scores,
+        },
+    )

@@ -28,9 +28,15 @@ so ``logits`` and ``embedding`` (``outputs=(...)``) would show up as two extra, 
 ``AudioClassifier`` results; they are for users of the plain interpreter. ``scores`` is always the
 first output tensor.
 
+Non-finite input: the interpreter cannot raise, so a waveform with NaN or Inf samples, or one whose
+log-mel overflows float32, gives NaN in every output (:func:`nan_gate`), whatever kernels run the
+file (XNNPACK passes NaN on by itself; TFLite's builtin kernels saturate Inf at the largest float
+and would give finite, plausible scores). Full-int8 files carry no gate: integer tensors hold no NaN.
+
 Metadata (sample rate, channels, packed ``labels.txt``) is written with MediaPipe's metadata writer,
 see :mod:`eat_keras.export.metadata`. Files are written to a staging folder and renamed into
-``<out>/<name>/tflite/``: an interrupted export leaves nothing under a final name.
+``<out>/<name>/tflite/``: an interrupted export leaves nothing under a final name, and the next
+export into ``<out>/<name>/`` removes the staging folder a killed one left.
 """
 
 from __future__ import annotations
@@ -39,7 +45,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -64,6 +69,14 @@ from eat_keras.litert import (  # noqa: F401 (public here too)
     run_tflite,
 )
 from eat_keras.models import AudioTagger
+from eat_keras.models.saving import (
+    check_output_name,
+    output_errors,
+    output_folder,
+    remove_stale_staging,
+    staging_folder,
+)
+from eat_keras.models.tagger import log_mel_in_range
 
 QUANTIZATIONS = ("float32", "float16", "dynamic_int8", "int8")
 OUTPUTS = ("scores", "logits", "embedding")
@@ -107,13 +120,19 @@ class _ConversionModule(tf.Module):
         self.__dict__["_float_models"] = {}  # (input kind, length, outputs) -> float32 model bytes
         self.model_variables = list(tagger.variables)
 
-    def _outputs(self, mel: tf.Tensor, outputs: Sequence[str]) -> dict[str, tf.Tensor]:
+    def _outputs(self, mel: tf.Tensor, outputs: Sequence[str], gate: bool) -> dict[str, tf.Tensor]:
         everything = self._tagger.clip_outputs(self._tagger.net(mel, training=False))
+        if gate:
+            nan_or_zero = nan_gate(mel)
+            return {k: everything[k] + nan_or_zero for k in outputs}
         return {k: everything[k] for k in outputs}
 
-    def waveform_function(self, num_samples: int, outputs: Sequence[str], frontend: str = "factored_dft") -> Any:
+    def waveform_function(
+        self, num_samples: int, outputs: Sequence[str], frontend: str = "factored_dft", gate: bool = True
+    ) -> Any:
         """``frontend``: "factored_dft" (convolutions and matmuls, XNNPACK-delegated; see
-        :mod:`eat_keras.frontend_dft`) or "rfft" (``RFFT2D``, mel matrix as the left matmul operand)."""
+        :mod:`eat_keras.frontend_dft`) or "rfft" (``RFFT2D``, mel matrix as the left matmul operand).
+        ``gate``: NaN outputs for non-finite input (:func:`nan_gate`)."""
         config = self._tagger.config.frontend
         if frontend == "factored_dft" and radix_for(config) is None:
             frontend = "rfft"
@@ -125,18 +144,28 @@ class _ConversionModule(tf.Module):
                     mel = factored_log_mel(waveform, config)
                 else:
                     mel = log_mel_spectrogram(waveform, config, constant_left=True)
-            return self._outputs(mel, outputs)
+            return self._outputs(mel, outputs, gate)
 
         return serve.get_concrete_function()
 
-    def log_mel_function(self, frames: int, outputs: Sequence[str]) -> Any:
+    def log_mel_function(self, frames: int, outputs: Sequence[str], gate: bool = True) -> Any:
         n_mels = self._tagger.config.frontend.n_mels
 
         @tf.function(input_signature=[tf.TensorSpec([1, n_mels, frames], tf.float32, name="log_mel")])
         def serve(log_mel: tf.Tensor) -> dict[str, tf.Tensor]:
-            return self._outputs(tf.expand_dims(log_mel, -1), outputs)
+            return self._outputs(tf.expand_dims(log_mel, -1), outputs, gate)
 
         return serve.get_concrete_function()
+
+
+def nan_gate(log_mel: tf.Tensor) -> tf.Tensor:
+    """``[batch, 1]``: 0 where the example's log-mel passes
+    :func:`~eat_keras.models.tagger.log_mel_in_range` (the test on which the Keras model and the
+    SavedModel raise), NaN otherwise. Added to the outputs, it leaves normal scores bit for bit and
+    turns unscorable input into NaN. ``x * 0`` or ``x - x`` forms would be no use: the converter
+    folds them to 0. Kernels that saturate an overflowing power at the largest float give a log-mel
+    above the ceiling, so they are caught too."""
+    return tf.where(log_mel_in_range(log_mel), 0.0, np.nan)[:, tf.newaxis]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -273,6 +302,13 @@ def _finalize_io(model: bytes, input_name: str, outputs: Sequence[str]) -> bytes
     as the main head) and give the I/O tensors plain names (``waveform``, ``scores``, ...)."""
     obj = read_model(model)
     subgraph = obj.subgraphs[0]
+    if not obj.signatureDefs:
+        # the converter falls back to its graph-def path, which drops signatures, when it cannot
+        # save its temporary SavedModel
+        raise TFLiteExportError(
+            "the TFLite converter gave a model without its signature; it does so when it cannot write "
+            f"its temporary SavedModel in {tempfile.gettempdir()} (a full or read-only disk)"
+        )
     signature = obj.signatureDefs[0]
 
     def key(t: Any) -> str:
@@ -311,12 +347,13 @@ def _convert(
     # The dynamic-range quantizer would turn the factored front-end's DFT weights into int8 (it
     # quantizes every large constant conv/FC weight); the RFFT graph keeps its mel matrix float.
     frontend = "rfft" if quantization == "dynamic_int8" else "factored_dft"
+    gate = quantization != "int8"  # an int8 output could not carry the NaN
     if input_kind == "waveform":
-        function = module.waveform_function(length, outputs, frontend)
+        function = module.waveform_function(length, outputs, frontend, gate)
     else:
-        function = module.log_mel_function(length, outputs)
+        function = module.log_mel_function(length, outputs, gate)
     converter = _base_converter(function, module)
-    float_key = (input_kind, length, tuple(outputs), frontend)
+    float_key = (input_kind, length, tuple(outputs), frontend, gate)
     if quantization == "float32":
         model = module._float_models[float_key] = converter.convert()
     elif quantization == "float16":
@@ -442,7 +479,8 @@ def export_tflite(
     ``calibration_files`` are given. With ``log_mel``, each window also gets a log-mel-input file
     with the same number of frames. ``outputs`` must start with ``scores``. ``metadata`` needs the
     ``mediapipe`` package. Files are built in a staging folder and renamed into place one by one;
-    files of an earlier export with the same names are replaced, others are kept.
+    files of an earlier export with the same names are replaced, others are kept. A failed write is
+    one :class:`~eat_keras.models.saving.OutputError` and leaves no folder this call created.
     """
     if not tagger.class_names:
         raise TFLiteExportError("the tagger needs class names to be exported")
@@ -458,77 +496,115 @@ def export_tflite(
         raise TFLiteExportError("full int8 quantization needs calibration audio (--calibration FILES)")
     if not window_seconds:
         raise TFLiteExportError("give at least one window length")
+    check_output_name(name)
     if metadata:
-        from eat_keras.export.metadata import require_mediapipe, write_metadata
+        from eat_keras.export.metadata import require_mediapipe
 
         require_mediapipe()  # fail before converting anything if mediapipe is missing
+    request = _Request(
+        name, tuple(quantizations), tuple(calibration_files), max_calibration_windows, log_mel, outputs, metadata
+    )
     say = log or (lambda message: None)
-    config = tagger.config.frontend
     if not tagger.built:
         tagger.build_for_inference()
     module = _ConversionModule(tagger)
 
     final_dir = Path(out_dir) / name / TFLITE_DIR
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{TFLITE_DIR}.partial.", dir=final_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; it becomes the published folder
     artifacts: list[TFLiteArtifact] = []
-    try:
-        write_label_list(staging / LABEL_LIST_FILE, tagger.class_names)
-        for seconds in window_seconds:
-            samples = window_samples(seconds, config)
-            frames = config.num_frames(samples)
-            calibration = (
-                calibration_windows(calibration_files, samples, config.sample_rate, max_calibration_windows)
-                if "int8" in quantizations
-                else None
-            )
-            log_mel_calibration = None
-            if calibration is not None and log_mel:
-                mel_fn = tf.function(lambda w: tagger.frontend(w, training=False)[..., 0])
-                log_mel_calibration = [mel_fn(tf.constant(w[np.newaxis])).numpy()[0] for w in calibration]
-            jobs = [("waveform", samples, calibration, f"[1, {samples}] waveform ({seconds:g} s at {config.sample_rate} Hz)")]
-            if log_mel:
-                jobs.append(("log_mel", frames, log_mel_calibration, f"[1, {config.n_mels}, {frames}] log-mel"))
-            for input_kind, length, data, input_desc in jobs:
-                for quantization in quantizations:
-                    if input_kind == "waveform":
-                        filename = artifact_filename(name, quantization, window_seconds=seconds)
-                        shape: tuple[int, ...] = (1, samples)
-                    else:
-                        filename = artifact_filename(name, quantization, frames=frames)
-                        shape = (1, config.n_mels, frames)
-                    say(f"converting {filename}")
-                    model = _with_settings(_convert(module, input_kind, length, quantization, outputs, data), tagger)
-                    if metadata:
-                        model = write_metadata(
-                            model,
-                            name=name,
-                            description=_description(tagger, name, input_desc, quantization, outputs),
-                            version=__version__,
-                            author="eat-keras export of EfficientAT (Florian Schmid et al.)",
-                            license="EfficientAT code and weights: MIT. AudioSet labels: CC BY 4.0.",
-                            class_names=tagger.class_names,
-                            input_kind=input_kind,
-                            sample_rate=config.sample_rate,
-                            outputs=outputs,
-                        )
-                    (staging / filename).write_bytes(model)
-                    artifacts.append(
-                        TFLiteArtifact(
-                            path=final_dir / filename,
-                            input_kind=input_kind,
-                            quantization=quantization,
-                            input_shape=shape,
-                            outputs=outputs,
-                            window_seconds=float(seconds) if input_kind == "waveform" else None,
-                            frames=frames if input_kind == "log_mel" else None,
-                        )
-                    )
-        _publish(staging, final_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with output_folder(final_dir.parent) as model_root:
+        remove_stale_staging(model_root)
+        with staging_folder(model_root, TFLITE_DIR) as staging:
+            with output_errors(final_dir):
+                staging.chmod(0o755)  # mkdtemp makes it private; it becomes the published folder
+                write_label_list(staging / LABEL_LIST_FILE, tagger.class_names)
+            for seconds in window_seconds:
+                for job in _window_jobs(module, request, seconds):
+                    say(f"converting {job.artifact.path.name}")
+                    model = _file_bytes(module, request, job)
+                    with output_errors(final_dir / job.artifact.path.name):
+                        (staging / job.artifact.path.name).write_bytes(model)
+                    artifacts.append(dataclasses.replace(job.artifact, path=final_dir / job.artifact.path.name))
+            with output_errors(final_dir):
+                _publish(staging, final_dir)
     return artifacts
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    """What :func:`export_tflite` was asked for, beyond the windows."""
+
+    name: str
+    quantizations: tuple[str, ...]
+    calibration_files: tuple[str | Path, ...]
+    max_calibration_windows: int
+    log_mel: bool
+    outputs: tuple[str, ...]
+    metadata: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One file to convert: its description (path: the bare file name), input and calibration."""
+
+    artifact: TFLiteArtifact
+    length: int  # samples or frames
+    calibration: list[np.ndarray] | None
+    input_desc: str
+
+
+def _window_jobs(module: _ConversionModule, request: _Request, seconds: float) -> list[_Job]:
+    """The files of one window: waveform input, then log-mel input, each in every quantization."""
+    tagger = module._tagger
+    config = tagger.config.frontend
+    samples = window_samples(seconds, config)
+    frames = config.num_frames(samples)
+    calibration = log_mel_calibration = None
+    if "int8" in request.quantizations:
+        calibration = calibration_windows(
+            request.calibration_files, samples, config.sample_rate, request.max_calibration_windows
+        )
+        if request.log_mel:
+            mel_fn = tf.function(lambda w: tagger.frontend(w, training=False)[..., 0])
+            log_mel_calibration = [mel_fn(tf.constant(w[np.newaxis])).numpy()[0] for w in calibration]
+    jobs = []
+    for quantization in request.quantizations:
+        filename = artifact_filename(request.name, quantization, window_seconds=seconds)
+        artifact = TFLiteArtifact(
+            Path(filename), "waveform", quantization, (1, samples), request.outputs, window_seconds=float(seconds)
+        )
+        desc = f"[1, {samples}] waveform ({seconds:g} s at {config.sample_rate} Hz)"
+        jobs.append(_Job(artifact, samples, calibration, desc))
+    if request.log_mel:
+        for quantization in request.quantizations:
+            filename = artifact_filename(request.name, quantization, frames=frames)
+            shape = (1, config.n_mels, frames)
+            artifact = TFLiteArtifact(Path(filename), "log_mel", quantization, shape, request.outputs, frames=frames)
+            jobs.append(_Job(artifact, frames, log_mel_calibration, f"[1, {config.n_mels}, {frames}] log-mel"))
+    return jobs
+
+
+def _file_bytes(module: _ConversionModule, request: _Request, job: _Job) -> bytes:
+    """The finished file of ``job``: converted, checked, with settings and (optionally) metadata."""
+    tagger = module._tagger
+    artifact = job.artifact
+    model = _convert(module, artifact.input_kind, job.length, artifact.quantization, request.outputs, job.calibration)
+    model = _with_settings(model, tagger)
+    if not request.metadata:
+        return model
+    from eat_keras.export.metadata import write_metadata
+
+    return write_metadata(
+        model,
+        name=request.name,
+        description=_description(tagger, request.name, job.input_desc, artifact.quantization, request.outputs),
+        version=__version__,
+        author="eat-keras export of EfficientAT (Florian Schmid et al.)",
+        license="EfficientAT code and weights: MIT. AudioSet labels: CC BY 4.0.",
+        class_names=tagger.class_names,
+        input_kind=artifact.input_kind,
+        sample_rate=tagger.config.frontend.sample_rate,
+        outputs=request.outputs,
+    )
 
 
 def _publish(staging: Path, final_dir: Path) -> None:
