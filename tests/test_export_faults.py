@@ -35,7 +35,9 @@ from eat_keras.errors import AudioError, ConfigError
 from eat_keras.export import tflite as T
 from eat_keras.export.saved_model import check_version, export_saved_model
 from eat_keras.models import AudioTagger, ModelConfig
-from eat_keras.models.saving import OutputError, load_tagger_dir, save_tagger
+from eat_keras.errors import OutputError
+from eat_keras.tagging import tag_waveform
+from eat_keras.models.saving import load_tagger_dir, save_tagger
 from eat_keras.models.tagger import LOG_MEL_CEILING
 from eat_keras.runners import (
     NON_FINITE_LOG_MEL,
@@ -100,6 +102,10 @@ def test_integer_pcm_is_refused_with_how_to_scale_it(tiny, dtype, hint):
         assert str(caught.value) == f"got {name} samples; pass float32 in [-1, 1]: {hint}"
     with pytest.raises(ConfigError, match=f"got {name} samples"):  # the Keras call too
         tiny["tagger"](pcm, training=False)
+    with pytest.raises(ConfigError, match=f"got {name} samples"):  # and tagging, windowed or not
+        tag_waveform(tiny["tagger"], pcm[0])
+    with pytest.raises(ConfigError, match=f"got {name} samples"):
+        tag_waveform(tiny["tagger"], pcm[0], window_s=1.0)
 
 
 def test_non_numeric_samples_are_refused(tiny):

@@ -15,6 +15,8 @@ STARTUP_LINES = [
     b"I0000 00:00:1796593519.758605    8476 cudart_stub.cc:31] Could not find cuda drivers on your machine.\n",
     b"E0000 00:00:1796593064.732402    2416 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n",
     b"W1206 21:35:37.123456   12 tflite/delegate.cc:7] a warning after absl's set-up\n",
+    b"To enable the following instructions: AVX2 AVX512F AVX512_VNNI AVX512_BF16 FMA, in other operations, "
+    b"rebuild TensorFlow with the appropriate compiler flags.\n",
 ]
 KEPT_LINES = [
     b"eat-keras: error: x.wav: audio file not found\n",

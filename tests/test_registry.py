@@ -25,7 +25,7 @@ from eat_keras.weights.architecture import infer_config_from_state
 from eat_keras.weights.loader import load_tagger_from_file
 from eat_keras.weights.mapping import assign_state_dict, weight_slots
 from eat_keras.weights.slots import WeightSlot, backbone_slots, expected_source_shapes, inverted_residual_slots
-from tolerances import assert_close
+from tolerances import OP_RTOL, assert_close
 
 TOY = "toy2"
 CLASSES = ["hum", "click", "hiss"]
@@ -131,3 +131,9 @@ def test_pt_file_of_the_family_loads_and_exports(toy_config, tmp_path):
     for key in ("logits", "scores", "embedding"):
         assert_close(got[key].numpy(), want[key].numpy(), what=key)
     assert np.ptp(got["logits"].numpy()) > 0  # the mapped weights reach the output
+    # frame times follow the family's own blocks: the stem's 2 times the two blocks' strides
+    frames = loaded.signatures["frame_scores"](waveform=waveform)
+    steps = np.diff(frames["frame_start"].numpy())
+    hop = toy_config.frontend.hop_length / toy_config.frontend.sample_rate
+    stride = 2 * np.prod([spec.depthwise_stride for spec in block_specs(0.1, toy_config.strides)[:2]])
+    assert_close(steps, np.full_like(steps, stride * hop), OP_RTOL, what="frame step")

@@ -20,7 +20,8 @@ DEFAULT_OUT = Path("saved_models")
 
 
 def _error(message: str) -> None:
-    print(f"eat-keras: error: {message}", file=sys.stderr)
+    one_line = " ".join(str(message).split())  # names quoted from a file may hold line breaks
+    print(f"eat-keras: error: {one_line}", file=sys.stderr)
 
 
 def _parse_strides(text: str) -> tuple[int, int, int, int]:
@@ -44,10 +45,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         frontend["hop_length"] = args.hop
     if args.n_mels is not None:
         frontend["n_mels"] = args.n_mels
-    if frontend:
-        from eat_keras.frontend import FrontendConfig
-
-        FrontendConfig(**frontend)  # refuse e.g. --n-mels 0 before any weight file is fetched
+    if frontend:  # checked against the model's whole front-end before any weight file is fetched
         fields["frontend"] = frontend
     return fields
 
@@ -65,15 +63,15 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 def _model_name(source: str) -> str:
     path = Path(source)
-    return path.name if path.is_dir() else path.stem if path.suffix else source
+    return path.resolve().name if path.is_dir() else path.stem if path.suffix else source
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from eat_keras.loading import load_tagger
-    from eat_keras.models.saving import save_tagger
+    from eat_keras.models.saving import check_output_name, save_tagger
 
+    out = Path(args.out) / check_output_name(args.name or _model_name(args.source))  # before loading
     tagger = load_tagger(args.source, args.weights, _overrides(args), args.labels)
-    out = Path(args.out) / (args.name or _model_name(args.source))
     save_tagger(tagger, out, source=str(args.source))
     c = tagger.config
     print(
@@ -84,11 +82,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from eat_keras.export.saved_model import export_saved_model
+    from eat_keras.export.saved_model import check_version, export_saved_model
     from eat_keras.loading import load_tagger
+    from eat_keras.models.saving import check_output_name
 
+    name = check_output_name(args.name or _model_name(args.model))  # refused before any loading
+    check_version(args.version)
     tagger = load_tagger(args.model, args.weights, _overrides(args), args.labels)
-    name = args.name or _model_name(args.model)
     if "saved_model" in args.format:
         path = export_saved_model(tagger, args.out, name, args.version)
         print(f"wrote SavedModel {path}")
@@ -128,8 +128,8 @@ def _format_text(path: str, results: list, windowed: bool) -> str:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from eat_keras.audio import SAMPLE_RATE, open_audio, seconds_to_samples
-    from eat_keras.tagging import prepare_waveform, tag_waveform, tag_with, window_samples
+    from eat_keras.audio import SAMPLE_RATE, seconds_to_samples
+    from eat_keras.tagging import open_for_tagging, prepare_waveform, tag_waveform, tag_with, window_samples
 
     model = Path(args.model)
     is_tflite = model.suffix == ".tflite"
@@ -166,8 +166,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
     documents = []
     for path in args.audio:
         try:
-            # windowed tagging decodes a long file window by window (see audio.open_audio)
-            with open_audio(path, sr, stream=window is not None) as waveform:
+            # windowed tagging decodes a long file window by window; a whole file is length-capped
+            with open_for_tagging(path, sr, windowed=window is not None) as waveform:
                 results = tag_one(prepare_waveform(waveform, sr, path, args.pad_short))
         except EatKerasError as exc:
             failures += 1
@@ -196,44 +196,20 @@ def cmd_tag(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _read_examples(data: str, folds: list[str] | None = None):
-    """DATA: a folder with one sub-folder per class, a CSV manifest, or an ESC-50 style meta CSV."""
-    import csv
-
-    from eat_keras.train import data as train_data
-
-    path = Path(data)
-    if path.is_dir():
-        examples = train_data.read_folder_dataset(path)
-    elif path.suffix.lower() == ".csv" and path.is_file():
-        with path.open(newline="") as f:
-            header = next(csv.reader(f), [])
-        if {"filename", "category", "fold"} <= set(header):
-            # audio/ beside the CSV (the ESC-10 subset here), else ESC-50's own meta/ + audio/ layout
-            candidates = (path.parent / "audio", path.parent.parent / "audio")
-            audio_dir = next((d for d in candidates if d.is_dir()), candidates[0])
-            examples = train_data.read_esc50_manifest(path, audio_dir)
-        else:
-            examples = train_data.read_manifest(path)
-    else:
-        raise EatKerasError(f"{data}: expected a folder of class folders or a CSV manifest")
-    if folds:
-        if all(e.fold is None for e in examples):
-            raise EatKerasError(f"{data}: --folds given, but the data has no fold column")
-        examples = [e for e in examples if e.fold in set(folds)]
-    if not examples:
-        raise EatKerasError(f"{data}: no labelled audio files{' in folds ' + ','.join(folds) if folds else ''}")
-    return examples
-
-
 def _parse_loss_terms(items: list[str]) -> dict[str, float]:
+    """Names and weights are checked by the training configuration (known names, a weight > 0)."""
+    from eat_keras.train.loss_table import LOSS_TERMS
+
     terms = {}
     for item in items:
         name, _, weight = item.partition("=")
+        if name in terms:
+            raise EatKerasError(f"--loss names {name!r} twice")
         try:
             terms[name] = float(weight) if weight else 1.0
         except ValueError:
-            raise EatKerasError(f"--loss expects NAME=WEIGHT items (cb, ce, supcon), got {item!r}") from None
+            names = ", ".join(LOSS_TERMS)
+            raise EatKerasError(f"--loss expects NAME=WEIGHT items ({names}), got {item!r}") from None
     return terms
 
 
@@ -247,24 +223,29 @@ def _strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
-    from eat_keras.train.data import AudioCache
-    from eat_keras.train.fit import FinetuneConfig, finetune
+def _finetune_config(args: argparse.Namespace):
+    """The FinetuneConfig of the flags given; every other field keeps FinetuneConfig's default."""
+    import dataclasses
 
-    examples = _read_examples(args.data)
-    config = FinetuneConfig(
-        model=args.model, weights=args.weights, clip_seconds=args.clip_seconds, batch_size=args.batch_size,
-        epochs=args.epochs, learning_rate=args.lr, warmup_epochs=args.warmup_epochs,
-        rampdown_start=args.rampdown_start, rampdown_epochs=args.rampdown_epochs,
-        loss_terms=_parse_loss_terms(args.loss), cb_beta=args.cb_beta, focal_gamma=args.focal_gamma,
-        supcon_temperature=args.supcon_temperature, label_type=args.label_type,
-        mixup_alpha=args.mixup_alpha, gain_db=args.gain_db, roll_samples=args.roll_samples,
-        freqm=args.freqm, timem=args.timem, freeze_backbone_epochs=args.freeze_backbone_epochs,
-        layer_decay=args.layer_decay, freeze_batchnorm=args.freeze_batchnorm,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction, val_folds=args.val_folds,
-        test_folds=args.test_folds, seed=args.seed, monitor=args.monitor, patience=args.patience,
-        tensorboard=args.tensorboard,
-    )
+    from eat_keras.train.config import FinetuneConfig
+    from eat_keras.train.loss_table import loss_settings
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig) if hasattr(args, f.name)}
+    if "loss_terms" in given:
+        given["loss_terms"] = _parse_loss_terms(given["loss_terms"])
+    settings = {name: getattr(args, name) for name in loss_settings() if hasattr(args, name)}
+    if settings:
+        given["loss_settings"] = settings
+    return FinetuneConfig(**given)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from eat_keras.train.data import AudioCache, read_dataset
+
+    config = _finetune_config(args)  # bad settings and a bad manifest fail before TensorFlow is imported
+    examples = read_dataset(args.data)
+    from eat_keras.train.fit import finetune
+
     result = finetune(examples, args.out, config, _strategy(args.strategy), AudioCache(args.cache_dir))
     print(f"best {config.monitor} {result.best_metric:.4f} at epoch {result.best_epoch}: {result.best_dir}")
     if result.test_report is not None:
@@ -288,16 +269,33 @@ def _clip_samples(runners, clip_seconds: float | None) -> int:
         return fixed.pop()
     if clip_seconds is None:
         clip_seconds = next((r.clip_seconds for r in runners if r.clip_seconds), None)
-    return seconds_to_samples(clip_seconds or 10.0, SAMPLE_RATE)
+    if clip_seconds is None:  # not `or`: an explicit 0 must reach the checks, not become 10 s
+        clip_seconds = 10.0
+    return seconds_to_samples(clip_seconds, SAMPLE_RATE)
+
+
+def _check_evaluation_flags(args: argparse.Namespace) -> None:
+    """Refuse a batch size or window no evaluation can use before any model is loaded."""
+    import math
+
+    from eat_keras.errors import ConfigError
+    from eat_keras.tagging import MIN_SECONDS
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1; got {args.batch_size}")
+    if args.clip_seconds is not None and not (math.isfinite(args.clip_seconds) and args.clip_seconds >= MIN_SECONDS):
+        raise ConfigError(f"--clip-seconds must be at least {MIN_SECONDS:g} s; got {args.clip_seconds:g}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    _check_evaluation_flags(args)  # before TensorFlow is imported: a typo fails at once
     from eat_keras.runners import load_runner
+    from eat_keras.train.data import read_dataset
     from eat_keras.train.evaluate import evaluate
     from eat_keras.train.metrics import write_report_files
 
     runner = load_runner(args.model, args.labels)
-    examples = _read_examples(args.data, args.folds)
+    examples = read_dataset(args.data, args.folds)
     clip = _clip_samples([runner], args.clip_seconds)
     report, _ = evaluate(runner.logits, examples, runner.class_names, clip, args.batch_size)
     print(report.summary())
@@ -308,14 +306,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    _check_evaluation_flags(args)  # before TensorFlow is imported: a typo fails at once
     from eat_keras.runners import load_runner
+    from eat_keras.train.data import read_dataset
     from eat_keras.train.evaluate import verify
 
     runner_a = load_runner(args.a, args.labels)
     runner_b = load_runner(args.b, args.labels, reference=runner_a)
     if runner_a.class_names != runner_b.class_names:
         raise EatKerasError("the two artifacts have different class names")
-    examples = _read_examples(args.data, args.folds)
+    examples = read_dataset(args.data, args.folds)
     clip = _clip_samples([runner_a, runner_b], args.clip_seconds)
     result = verify(
         runner_a.logits, runner_b.logits, examples, runner_a.class_names, clip, args.batch_size,
@@ -336,13 +336,164 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from eat_keras import __version__
+def _shown(value: Any) -> str:
+    """A default as ``--help`` shows it, in the form the flag takes."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "none"
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v:g}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return str(value)
 
-    parser = argparse.ArgumentParser(prog="eat-keras", description="EfficientAT audio taggers in TensorFlow/Keras")
-    parser.add_argument("--version", action="version", version=f"eat-keras {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
 
+def _flag_options(hint: Any, default: Any) -> dict[str, Any]:
+    """argparse options for a field of type ``hint``: a switch, a list (``nargs``) or one value."""
+    import types
+    import typing
+
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction if default else "store_true"}
+    if isinstance(hint, types.UnionType):  # X | None
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if typing.get_origin(hint) in (list, dict):
+        return {"nargs": "+"}
+    return {"type": hint}
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per FinetuneConfig field, its help and default from the field, and one per loss
+    setting from the loss table. A flag that is not given passes nothing on: the run gets
+    FinetuneConfig's default, the value the help shows."""
+    import dataclasses
+    import typing
+
+    from eat_keras.train.config import FinetuneConfig
+    from eat_keras.train.loss_table import LOSS_TERMS, loss_settings
+
+    defaults, hints = FinetuneConfig(), typing.get_type_hints(FinetuneConfig)
+    terms = "; ".join(f"{name}: {term.help}" for name, term in LOSS_TERMS.items())
+    loss_group = p.add_argument_group("loss", f"terms ({terms}) and their settings")
+    for field in dataclasses.fields(FinetuneConfig):
+        if field.name == "loss_settings":
+            for setting in loss_settings().values():
+                loss_group.add_argument(
+                    "--" + setting.name.replace("_", "-"), dest=setting.name, type=float, default=argparse.SUPPRESS,
+                    help=f"{setting.help}; {setting.allowed()} (default: {_shown(setting.default)})",
+                )  # fmt: skip
+            continue
+        default = getattr(defaults, field.name)
+        flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+        options = _flag_options(hints[field.name], default)
+        if "choices" in field.metadata:
+            options["choices"] = field.metadata["choices"]
+        elif "action" not in options:
+            options["metavar"] = "NAME=WEIGHT" if field.name == "loss_terms" else flag.lstrip("-").upper().replace("-", "_")
+        (loss_group if field.name == "loss_terms" else p).add_argument(
+            flag, dest=field.name, default=argparse.SUPPRESS,
+            help=f"{field.metadata['help']} (default: {_shown(default)})", **options,
+        )  # fmt: skip
+
+
+def _add_finetune_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "finetune", help="fine-tune a pretrained model on a labelled folder or CSV manifest",
+        description="Fine-tune a pretrained model; run the same command again to resume.",
+    )  # fmt: skip
+    p.add_argument(
+        "data", help="folder with one sub-folder per class, CSV manifest (path,label[,group,split,fold]) "
+        "or ESC-50 style meta CSV",
+    )  # fmt: skip
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, best/); re-run to resume")
+    _add_config_flags(p)
+    p.add_argument("--cache-dir", help="keep decoded 32 kHz audio here across runs (default: in memory only)")
+    p.add_argument(
+        "--strategy", choices=("default", "mirrored", "multi_worker"), default="default",
+        help="tf.distribute strategy: several GPUs (mirrored) or workers from TF_CONFIG (default: default)",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_finetune)
+
+
+def _add_evaluation_parsers(sub: Any) -> None:
+    """``evaluate`` (one artifact) and ``verify`` (two artifacts compared) share their data flags."""
+    for name, helptext in (
+        ("evaluate", "accuracy, macro-F1, per-class precision/recall and confusion matrix of a model"),
+        ("verify", "run two artifacts of one model on the same files and compare"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        if name == "evaluate":
+            p.add_argument("model", help="model folder, preset, SavedModel folder, .tflite or .onnx")
+            p.add_argument("--out", help="folder for metrics.json, CSVs and confusion_matrix.png")
+        else:
+            p.add_argument("a", help="reference artifact (e.g. the fine-tuned model folder)")
+            p.add_argument("b", help="artifact to check (SavedModel folder, .tflite, .onnx)")
+        p.add_argument("data", help="folder of class folders or CSV manifest")
+        p.add_argument("--folds", nargs="+", help="only these folds of a manifest")
+        p.add_argument("--clip-seconds", type=float, help="evaluation window (default: the training clip length)")
+        p.add_argument("--batch-size", type=int, default=16, help="windows per batch (default: 16)")
+        p.add_argument("--labels", help="class-name file (CSV index,mid,display_name or one name per line); overrides the artifacts' own")
+        p.set_defaults(func=cmd_evaluate if name == "evaluate" else cmd_verify)
+
+
+def _add_presets_parser(sub: Any) -> None:
+    p = sub.add_parser("presets", help="list the pretrained models")
+    p.set_defaults(func=cmd_presets)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from eat_keras.errors import ConfigError
+    from eat_keras.train.data import read_dataset
+    from eat_keras.train.prepare import PrepareSettings, prepare
+
+    if args.processes < 1:
+        raise ConfigError(f"--processes must be at least 1; got {args.processes}")
+    settings = PrepareSettings(
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, val_folds=args.val_folds,
+        test_folds=args.test_folds, files_per_shard=args.files_per_shard, min_shards=args.min_shards,
+    )  # fmt: skip
+    examples = read_dataset(args.data)
+    prepared = prepare(
+        examples, args.out, settings, processes=args.processes, on_error=args.on_error, source=str(Path(args.data).resolve())
+    )
+    sides = []
+    for side in ("train", "val", "test"):
+        if prepared.shard_paths(side):
+            sides.append(f"{side} {len(prepared.entries(side))} files in {len(prepared.shard_paths(side))} shards")
+    skipped = len(prepared.manifest["skipped"])
+    print(f"prepared {args.out}: {', '.join(sides)}{f', {skipped} bad file(s) skipped' if skipped else ''}")
+    return 0
+
+
+def _add_prepare_parser(sub: Any) -> None:
+    from eat_keras.train.config import FinetuneConfig
+    from eat_keras.train.prepare import PrepareSettings
+
+    split, shards = FinetuneConfig(), PrepareSettings()  # the split finetune would make
+    p = sub.add_parser(
+        "prepare", help="decode and resample a data set once into TFRecord shards for training and evaluation",
+        description="Decode every file once (32 kHz mono, 16-bit) into sharded TFRecord files with a manifest "
+        "(prepared.json); run the same command again to finish an interrupted run.",
+    )  # fmt: skip
+    p.add_argument("data", help="folder with one sub-folder per class, CSV manifest or ESC-50 style meta CSV")
+    p.add_argument("--out", required=True, help="folder for the shards and prepared.json")
+    p.add_argument(
+        "--on-error", choices=("fail", "skip"), default="fail",
+        help="a file that cannot be decoded stops the run, or is named and left out (default: fail)",
+    )  # fmt: skip
+    p.add_argument("--processes", type=int, default=2, help="decoding processes (default: 2)")
+    p.add_argument("--files-per-shard", type=int, default=shards.files_per_shard, help="files per shard (default: %(default)s)")
+    p.add_argument("--min-shards", type=int, default=shards.min_shards, help="shards per side at least, so that each worker reads its own (default: %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=split.val_fraction, help="share of each class held out for validation (default: %(default)s)")
+    p.add_argument("--test-fraction", type=float, default=split.test_fraction, help="share of each class held out for testing (default: %(default)s)")
+    p.add_argument("--val-folds", nargs="+", help="folds for validation (manifests with a fold column)")
+    p.add_argument("--test-folds", nargs="+", help="folds held out for testing")
+    p.add_argument("--seed", type=int, default=split.seed, help="seed of the split (default: %(default)s)")
+    p.set_defaults(func=cmd_prepare)
+
+
+def _add_convert_parser(sub: Any) -> None:
     p = sub.add_parser("convert", help="convert a preset, .pt or .onnx into an eat-keras model folder")
     p.add_argument("source", help="preset name (e.g. mn04_as), upstream .pt state dict or exported .onnx")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="parent folder (default: saved_models/)")
@@ -350,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(p)
     p.set_defaults(func=cmd_convert)
 
+
+def _add_export_parser(sub: Any) -> None:
     p = sub.add_parser(
         "export", help="write deployable artifacts (SavedModel for TF apps and TF Serving, TFLite for LiteRT/MediaPipe)"
     )
@@ -381,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(p)
     p.set_defaults(func=cmd_export)
 
+
+def _add_tag_parser(sub: Any) -> None:
     p = sub.add_parser("tag", help="print the top labels of audio files")
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg; any sample rate; mixed to mono)")
     p.add_argument(
@@ -390,75 +545,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="explicit path to the preset's weight file")
     p.add_argument("--labels", help="class-name file overriding the model's")
     p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--window", type=float, help="window length in seconds (default: whole file)")
-    p.add_argument("--hop", type=float, help="window hop in seconds (default: the window length)")
+    p.add_argument("--window", type=float, help="window length in seconds, 1 to 60 (default: the whole file, up to 60 s)")
+    p.add_argument("--hop", type=float, help="window hop in seconds, at least 0.1 (default: the window length)")
     p.add_argument("--pad-short", action="store_true", help="zero-pad files shorter than 1 s instead of refusing them")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_tag)
 
-    p = sub.add_parser("finetune", help="fine-tune a pretrained model on a labelled folder or CSV manifest")
-    p.add_argument("data", help="folder with one sub-folder per class, or CSV manifest (path,label[,group,split,fold])")
-    p.add_argument("--model", default="mn04_as", help="preset, .pt/.onnx, or model folder to start from")
-    p.add_argument("--weights", help="explicit path to the preset's weight file")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, best/); re-run to resume")
-    p.add_argument("--clip-seconds", type=float, default=2.0)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=6e-5)
-    p.add_argument("--warmup-epochs", type=int, default=10)
-    p.add_argument("--rampdown-start", type=int, default=10)
-    p.add_argument("--rampdown-epochs", type=int, default=65)
-    p.add_argument("--loss", nargs="+", default=["cb=0.8", "supcon=0.2"], help="weighted terms among cb, ce, supcon")
-    p.add_argument("--cb-beta", type=float, default=0.9999)
-    p.add_argument("--focal-gamma", type=float, default=0.0)
-    p.add_argument("--supcon-temperature", type=float, default=0.07)
-    p.add_argument("--label-type", choices=("single_label", "multi_label"), default="single_label")
-    p.add_argument("--mixup-alpha", type=float, default=0.3, help="0 disables mixup")
-    p.add_argument("--gain-db", type=int, default=12, help="random gain range in dB; 0 disables")
-    p.add_argument("--roll-samples", type=int, default=4000, help="random circular shift; 0 disables")
-    p.add_argument("--freqm", type=int, default=0, help="frequency-mask width (0: off)")
-    p.add_argument("--timem", type=int, default=0, help="time-mask width (0: off)")
-    p.add_argument("--freeze-backbone-epochs", type=int, default=0)
-    p.add_argument("--layer-decay", type=float, default=1.0, help="per-depth learning-rate factor (1: off)")
-    p.add_argument("--freeze-batchnorm", action="store_true", help="keep BatchNorm statistics and affine fixed")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--test-fraction", type=float, default=0.0)
-    p.add_argument("--val-folds", nargs="+", help="folds for validation (manifests with a fold column)")
-    p.add_argument("--test-folds", nargs="+", help="folds held out for testing")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--monitor", choices=("val_macro_f1", "val_accuracy", "val_loss"), default="val_macro_f1")
-    p.add_argument("--patience", type=int, default=10, help="early stopping patience in epochs")
-    p.add_argument("--tensorboard", action="store_true")
-    p.add_argument("--cache-dir", help="keep decoded 32 kHz audio here across runs")
-    p.add_argument("--strategy", choices=("default", "mirrored", "multi_worker"), default="default")
-    p.set_defaults(func=cmd_finetune)
 
-    for name, helptext in (
-        ("evaluate", "accuracy, macro-F1, per-class precision/recall and confusion matrix of a model"),
-        ("verify", "run two artifacts of one model on the same files and compare"),
-    ):
-        p = sub.add_parser(name, help=helptext)
-        if name == "evaluate":
-            p.add_argument("model", help="model folder, preset, SavedModel folder, .tflite or .onnx")
-            p.add_argument("--out", help="folder for metrics.json, CSVs and confusion_matrix.png")
-        else:
-            p.add_argument("a", help="reference artifact (e.g. the fine-tuned model folder)")
-            p.add_argument("b", help="artifact to check (SavedModel folder, .tflite, .onnx)")
-        p.add_argument("data", help="folder of class folders or CSV manifest")
-        p.add_argument("--folds", nargs="+", help="only these folds of a manifest")
-        p.add_argument("--clip-seconds", type=float, help="evaluation window (default: the training clip length)")
-        p.add_argument("--batch-size", type=int, default=16)
-        p.add_argument("--labels", help="class-name file (CSV index,mid,display_name or one name per line); overrides the artifacts' own")
-        p.set_defaults(func=cmd_evaluate if name == "evaluate" else cmd_verify)
+def build_parser() -> argparse.ArgumentParser:
+    from eat_keras import __version__
 
-    p = sub.add_parser("presets", help="list the pretrained models")
-    p.set_defaults(func=cmd_presets)
+    parser = argparse.ArgumentParser(prog="eat-keras", description="EfficientAT audio taggers in TensorFlow/Keras")
+    parser.add_argument("--version", action="version", version=f"eat-keras {__version__}")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show TensorFlow's start-up and log lines (hidden by default)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_convert_parser(sub)
+    _add_export_parser(sub)
+    _add_tag_parser(sub)
+    _add_finetune_parser(sub)
+    _add_evaluation_parsers(sub)
+    _add_presets_parser(sub)
+    _add_prepare_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter off the terminal
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        return _run(args)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's own INFO and WARNING lines
+    from eat_keras.quiet import native_log_lines_dropped
+
+    with native_log_lines_dropped():  # and those it writes before its logging is set up
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except EatKerasError as exc:

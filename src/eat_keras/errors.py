@@ -32,3 +32,7 @@ class UnknownPresetError(EatKerasError):
 
 class ExistingOutputError(EatKerasError, FileExistsError):
     """An export would overwrite an existing version folder."""
+
+
+class OutputError(EatKerasError):
+    """An output cannot be written: a read-only folder, a file in the way, a full disk."""

@@ -23,7 +23,9 @@ __all__ = ["is_native_log_line", "native_log_lines_dropped"]
 # set-up), thread id, file:line]
 _NATIVE_LOG_LINE = re.compile(
     rb"^(?:[IWEF]\d{4} [\d:.]+\s+\d+ [\w.\-/]+:\d+\] "
-    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR)"
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    # the second line of cpu_feature_guard's notice
+    rb"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags)"
 )
 
 

@@ -138,6 +138,9 @@ def tag_waveform(
     """Scores of ``waveform`` (mono, at the model's sample rate): one result, or one per window."""
     import tensorflow as tf
 
+    from eat_keras.models.tagger import check_sample_dtype
+
+    check_sample_dtype(getattr(waveform, "dtype", np.float32))  # windows are copied into float32
     names = tagger.class_names or [f"class_{i}" for i in range(tagger.config.num_classes)]
     predict = tagger.predict_function_for_waveforms()
     return tag_with(

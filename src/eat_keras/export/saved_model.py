@@ -43,7 +43,6 @@ from eat_keras import __version__
 from eat_keras.errors import ConfigError, ExistingOutputError
 from eat_keras.labels import LABEL_LIST_FILE, write_label_list
 from eat_keras.models import AudioTagger
-from eat_keras.models.blocks import block_specs
 from eat_keras.models.saving import (
     check_output_name,
     output_errors,
@@ -59,9 +58,9 @@ MAX_VERSION = 2**63 - 1
 
 def time_downsampling(tagger: AudioTagger) -> int:
     """Input frames per output frame: the stem's 2 times the blocks' depthwise strides (a dilated
-    C4 stage keeps its resolution whatever its configured stride)."""
-    c = tagger.config
-    return 2 * math.prod(spec.depthwise_stride for spec in block_specs(c.width_mult, c.strides, c.dilated, c.reduced_tail))
+    C4 stage keeps its resolution whatever its configured stride); read off the built blocks, so
+    any registered family's table counts."""
+    return 2 * math.prod(block.spec.depthwise_stride for block in tagger.net.blocks)
 
 
 def frozen(fn: Callable[..., Any], *input_specs: tf.TensorSpec) -> Callable[..., Any]:
@@ -157,7 +156,7 @@ def export_saved_model(
 ) -> Path:
     """Write ``<out_dir>/<name>/<version>/`` and return its path (version: next free integer).
 
-    A failed write is one :class:`~eat_keras.models.saving.OutputError` and leaves no folder this
+    A failed write is one :class:`~eat_keras.errors.OutputError` and leaves no folder this
     call created; staging folders that killed exports left in ``<out_dir>/<name>/`` are removed."""
     if not tagger.class_names:
         raise ValueError("the tagger needs class names to be exported")

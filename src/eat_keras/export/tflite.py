@@ -480,7 +480,7 @@ def export_tflite(
     with the same number of frames. ``outputs`` must start with ``scores``. ``metadata`` needs the
     ``mediapipe`` package. Files are built in a staging folder and renamed into place one by one;
     files of an earlier export with the same names are replaced, others are kept. A failed write is
-    one :class:`~eat_keras.models.saving.OutputError` and leaves no folder this call created.
+    one :class:`~eat_keras.errors.OutputError` and leaves no folder this call created.
     """
     if not tagger.class_names:
         raise TFLiteExportError("the tagger needs class names to be exported")

@@ -25,7 +25,7 @@ from typing import Any
 import tensorflow as tf
 
 from eat_keras import __version__
-from eat_keras.errors import ConfigError, EatKerasError, WeightFileError
+from eat_keras.errors import ConfigError, EatKerasError, OutputError, WeightFileError
 from eat_keras.models.config import ModelConfig
 from eat_keras.models.tagger import AudioTagger
 
@@ -49,10 +49,6 @@ _TF_WRITE_ERRORS = (
     tf.errors.OutOfRangeError,  # EFBIG: a file over the size limit
     tf.errors.UnknownError,
 )
-
-
-class OutputError(EatKerasError):
-    """An output cannot be written: a read-only folder, a file in the way, a full disk."""
 
 
 def check_output_name(name: str) -> str:

@@ -45,6 +45,13 @@ def _refuse_non_float(dtype_name: str, is_floating: bool, is_integer: bool) -> N
     raise ConfigError(message)
 
 
+def check_sample_dtype(dtype: Any) -> None:
+    """A :class:`ConfigError` unless ``dtype`` (NumPy's) holds float samples; integer PCM gets the
+    scaling that turns it into the [-1, 1] amplitudes the models expect."""
+    dtype = np.dtype(dtype)
+    _refuse_non_float(dtype.name, dtype.kind == "f", dtype.kind in "iu")
+
+
 def _refuse_bad_shape(shape: tuple[int | None, ...], min_samples: int) -> None:
     if len(shape) == 1:
         raise ConfigError(f"expected [batch, samples]; got shape {shape}: add a batch axis with waveform[None]")
@@ -67,8 +74,7 @@ def waveform_batch(waveform: Any, min_samples: int = 1) -> tf.Tensor:
         shape = tuple(waveform.shape.as_list()) if waveform.shape.rank is not None else None
     else:
         waveform = np.asarray(waveform)
-        kind = waveform.dtype.kind
-        _refuse_non_float(waveform.dtype.name, kind == "f", kind in "iu")
+        check_sample_dtype(waveform.dtype)
         shape = waveform.shape
     if shape is not None:
         _refuse_bad_shape(shape, min_samples)

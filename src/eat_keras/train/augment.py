@@ -2,14 +2,16 @@
 
 Upstream ESC-50 (spec §7.1) applies, per example: an integer gain in dB, a circular time roll, and
 mixup on the log-mel spectrograms. These are :func:`random_gain`, :func:`time_roll` and
-:func:`mixup` (which also mixes waveforms). Frequency/time masking and the fmin/fmax jitter of the
-mel filterbank are *not* here: :class:`~eat_keras.frontend.LogMelSpectrogram` already applies them
-when called with ``training=True`` (masking when ``FrontendConfig.freqm`` / ``timem`` > 0).
+:func:`mixup` (which also mixes waveforms). :func:`training_log_mel` is the front-end's training
+mode (fmin/fmax jitter of the mel filterbank, frequency/time masking when ``FrontendConfig.freqm`` /
+``timem`` > 0) and :class:`GeneratorDropout` a dropout layer, both drawing from a generator.
 
 Randomness comes from a ``tf.random.Generator`` (``rng``; default: the global generator): a
 generator made with ``tf.random.Generator.from_seed(s)`` replays the same draws, and one created
 outside a ``tf.function`` can be used inside it. Each call draws stateless seeds from it, so the
-result depends only on the generator's state.
+result depends only on the generator's state. Fine-tuning checkpoints that state; TensorFlow's
+stateful random ops (``tf.random.uniform``, Keras' ``Dropout``) keep theirs inside the kernel,
+where no checkpoint reaches it, so a resumed run would replay their first epoch's draws.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import tensorflow as tf
+import tf_keras
 
-__all__ = ["MixupResult", "mixup", "random_gain", "time_roll"]
+from eat_keras.frontend import FrontendConfig, kaldi_mel_banks, log_mel_from_power, normalize, power_spectrogram
+
+__all__ = ["GeneratorDropout", "MixupResult", "mixup", "random_gain", "time_roll", "training_log_mel"]
 
 
 class MixupResult(NamedTuple):
@@ -99,3 +104,51 @@ def time_roll(
     )
     source = tf.math.floormod(tf.range(shape[1])[tf.newaxis, :] - shift[:, tf.newaxis], shape[1])
     return tf.gather(waveform, source, batch_dims=1)
+
+
+def training_log_mel(config: FrontendConfig, waveform: tf.Tensor, rng: tf.random.Generator | None = None) -> tf.Tensor:
+    """:class:`~eat_keras.frontend.LogMelSpectrogram` with ``training=True``, its draws from ``rng``:
+    one fmin/fmax per call (shared by the batch, as upstream: fmin raised by an integer in
+    ``[0, fmin_aug_range)`` Hz, fmax moved by one in ``[-fmax_aug_range/2, fmax_aug_range/2)``),
+    then one frequency and one time band per example masked when ``freqm`` / ``timem`` > 0."""
+    seeds = _generator(rng).make_seeds(4)
+    fmin_shift = tf.random.stateless_uniform([], seeds[:, 0], 0, max(config.fmin_aug_range, 1), tf.int32)
+    fmax_shift = tf.random.stateless_uniform([], seeds[:, 1], 0, max(config.fmax_aug_range, 1), tf.int32)
+    fmin = config.fmin + tf.cast(fmin_shift, tf.float32)
+    fmax = config.effective_fmax + config.fmax_aug_range // 2 - tf.cast(fmax_shift, tf.float32)
+    banks = kaldi_mel_banks(config.n_mels, config.n_fft, config.sample_rate, fmin, fmax)
+    log_mel = log_mel_from_power(power_spectrogram(waveform, config), banks)
+    if config.freqm > 0:
+        log_mel = _mask_band(log_mel, config.freqm, 1, seeds[:, 2])
+    if config.timem > 0:
+        log_mel = _mask_band(log_mel, config.timem, 2, seeds[:, 3])
+    return normalize(log_mel)
+
+
+def _mask_band(log_mel: tf.Tensor, width_param: int, axis: int, seed: tf.Tensor) -> tf.Tensor:
+    """torchaudio ``mask_along_axis_iid`` on ``[B, F, T, 1]``: per example a band of width
+    ``floor(u * width_param)`` along ``axis`` (1: mel bins, 2: frames) at a uniform start, set to 0."""
+    size, batch = tf.shape(log_mel)[axis], tf.shape(log_mel)[0]
+    draws = tf.random.stateless_uniform([2, batch], seed)
+    width = draws[0] * float(width_param)
+    start = tf.cast(tf.floor(draws[1] * (tf.cast(size, tf.float32) - width)), tf.int32)
+    end = start + tf.cast(tf.floor(width), tf.int32)
+    positions = tf.range(size)[tf.newaxis, :]
+    masked = (positions >= start[:, tf.newaxis]) & (positions < end[:, tf.newaxis])
+    masked = masked[:, :, tf.newaxis, tf.newaxis] if axis == 1 else masked[:, tf.newaxis, :, tf.newaxis]
+    return tf.where(masked, tf.zeros_like(log_mel), log_mel)
+
+
+class GeneratorDropout(tf_keras.layers.Layer):
+    """Keras ``Dropout`` (inverted: kept units scaled by ``1 / (1 - rate)``) whose masks come from
+    ``rng``. The generator is held outside Keras' tracking: saving the model saves no RNG state."""
+
+    def __init__(self, rate: float, rng: tf.random.Generator, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.rate = float(rate)
+        self._draw_seed = lambda: rng.make_seeds(1)[:, 0]  # a function: Keras does not track it
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        if not training or self.rate == 0.0:
+            return inputs
+        return tf.nn.experimental.stateless_dropout(inputs, self.rate, seed=self._draw_seed())

@@ -160,31 +160,63 @@ class _RunFolder:
         (a finished run whose checkpoints were deleted still holds its results)."""
         return self.latest_checkpoint() is not None or self.log.exists() or self.best.exists()
 
-    def claim(self, config: FinetuneConfig) -> None:
+    def epochs_done(self) -> int | None:
+        """The epochs the last checkpoint holds (checkpoints are numbered by epoch); ``None`` without one."""
+        latest = self.latest_checkpoint()
+        return None if latest is None else int(latest.rsplit("-", 1)[1])
+
+    def claim(self, config: FinetuneConfig) -> int | None:
         """Record the configuration; once the folder holds training, check it against the run's.
+        Returns the run's former number of epochs when ``config`` extends (or shortens) it.
 
         Before the first epoch finishes the folder holds no training, so a start that failed (or was
         stopped) then may be retried with other settings: the new configuration replaces the old.
+        Afterwards only ``epochs`` may change (see :meth:`check_new_length`).
         """
         if self.root.exists() and not self.root.is_dir():
             raise EatKerasError(f"{self.root}: a file is in the way of the run folder; use another --out")
         with _writing(self.root):
             self.root.mkdir(parents=True, exist_ok=True)
-        wanted = config.to_dict()
+        wanted, former_epochs = config.to_dict(), None
         if self.holds_training() and self.config.exists():
             try:
                 earlier = json.loads(self.config.read_text())
             except (OSError, ValueError) as exc:
                 raise EatKerasError(f"{self.config}: cannot read the run's configuration ({exc}); use a new --out folder") from exc
-            if earlier != wanted:
-                changed = sorted(k for k in set(earlier) | set(wanted) if earlier.get(k) != wanted.get(k))
+            if earlier == wanted:
+                return None
+            changed = sorted(k for k in set(earlier) | set(wanted) if earlier.get(k) != wanted.get(k))
+            if changed != ["epochs"]:
                 raise EatKerasError(
                     f"{self.root} holds a run with another configuration (differs in {', '.join(changed)}); "
                     "use a new --out folder"
                 )
-            return
+            former_epochs = earlier["epochs"]
+            self.check_new_length(former_epochs, config)
         with _writing(self.root):
             self.config.write_text(json.dumps(wanted, indent=1) + "\n")
+        return former_epochs
+
+    def check_new_length(self, former_epochs: int, config: FinetuneConfig) -> None:
+        """Refuse another ``--epochs`` unless the run can go on as if it had been started with it:
+        its checkpoint must be there, hold no more epochs than asked for, and every finished epoch
+        must have had the learning rate the new length gives it (a schedule that stretches with the
+        run would otherwise jump back up). Epoch ``e``'s data depend on the seed and ``e`` alone."""
+        done, root = self.epochs_done(), self.root
+        if done is None:
+            raise EatKerasError(f"{root} holds a finished run without checkpoints: it cannot train more; use a new --out folder")
+        if config.epochs < done:
+            raise EatKerasError(f"{root} has trained {done} epochs already: --epochs must be at least {done}")
+        before = dataclasses.replace(config, epochs=former_epochs)
+        for epoch in range(done):
+            old, new = learning_rate_factor(epoch, before), learning_rate_factor(epoch, config)
+            if old != new:
+                raise EatKerasError(
+                    f"{root} cannot go on to {config.epochs} epochs: its learning-rate schedule stretches with the "
+                    f"run (epoch {epoch + 1} trained at {old * config.learning_rate:g}, would be "
+                    f"{new * config.learning_rate:g}); train {config.epochs} epochs in a new --out folder, or continue "
+                    f"from this run's best model with --model {self.best} --out NEW_FOLDER"
+                )
 
     def record_split(self, splits: dict[str, list[Example]], resuming: bool) -> str:
         """Write ``split.csv`` and the report; when resuming, first check that the data give the
@@ -364,7 +396,13 @@ class _TrainingState:
 def _training_state(
     base: AudioTagger, class_names: list[str], config: FinetuneConfig, strategy: tf.distribute.Strategy
 ) -> _TrainingState:
-    """A fresh state, made in the strategy's scope: ``base`` with a new head, counters at zero."""
+    """A fresh state, made in the strategy's scope: ``base`` with a new head, counters at zero.
+
+    Python's, NumPy's and TensorFlow's global seeds are set from ``config.seed`` first: the new
+    head's initialisers draw from them. Every draw of a training step (augmentations, the
+    front-end's jitter and masks, dropout) comes from the checkpointed generator.
+    """
+    tf_keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         tagger = build_finetune_model(base, class_names, config)
         groups = _variable_groups(tagger)
@@ -379,7 +417,19 @@ def _training_state(
             bad_epochs=tf.Variable(0, dtype=tf.int64, trainable=False),
         )
         rng = tf.random.Generator.from_seed(config.seed)
+    _draw_dropout_from(tagger, rng)
     return _TrainingState(tagger, groups, optimizers, rng, **counters)
+
+
+def _draw_dropout_from(tagger: AudioTagger, rng: tf.random.Generator) -> None:
+    """Swap each Keras ``Dropout`` of the network for one drawing its masks from ``rng``: Keras'
+    keeps its state in the kernel, so a resumed run would replay the first epoch's masks."""
+    for layer in [tagger.net, *tagger.net.submodules]:
+        if not isinstance(layer, tf_keras.layers.Layer):
+            continue
+        for name, value in list(vars(layer).items()):
+            if isinstance(value, tf_keras.layers.Dropout):
+                setattr(layer, name, augment.GeneratorDropout(value.rate, rng, name=value.name))
 
 
 def _restored(
@@ -401,7 +451,7 @@ def _first_epoch(state: _TrainingState, config: FinetuneConfig, say: Callable[[s
         say(f"early stopping fired after epoch {done}: nothing left to train")
         return config.epochs
     if done >= config.epochs:
-        say(f"all {config.epochs} epochs are done: nothing left to train")
+        say(f"all {config.epochs} epochs are done: nothing left to train (start it again with a larger --epochs to train more)")
     return done
 
 
@@ -422,7 +472,7 @@ def _train_step_function(
         active = groups if train_backbone else groups[-1:]
         variables = [v for g in active for v in g]
         with tf.GradientTape() as tape:
-            mel = tagger.frontend(waveform, training=True)
+            mel = augment.training_log_mel(tagger.frontend.config, waveform, rng)
             if config.mixup_alpha > 0:
                 mixed = augment.mixup(mel, target, config.mixup_alpha, rng)
                 mel, target = mixed.x, mixed.targets
@@ -482,14 +532,13 @@ class _Training:
             started = time.time()
             row: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch, batches, steps, verbose)}
             row.update(self.validate(epoch, row["lr"]))
-            row["seconds"] = round(time.time() - started, 2)
-            history.append(row)
+            history.append(row)  # no wall-clock time: one command, data and seed give one log.csv
             if self.track_best(row):
                 self.save_best(row)
             self.say(
                 f"epoch {epoch + 1}/{config.epochs}: loss {row.get('train_loss', float('nan')):.4f} "
                 f"val_acc {row['val_accuracy']:.4f} val_f1 {row['val_macro_f1']:.4f} val_loss {row['val_loss']:.4f}"
-                f" (best {config.monitor} {float(state.best):.4f} @ {int(state.best_epoch)})"
+                f" (best {config.monitor} {float(state.best):.4f} @ {int(state.best_epoch)}; {time.time() - started:.1f} s)"
             )
             self.save_epoch(history, manager, writer)
             if int(state.bad_epochs) >= config.patience:
@@ -612,7 +661,9 @@ def finetune(
 
     run = _RunFolder(Path(out_dir))
     resuming = run.latest_checkpoint() is not None
-    run.claim(config)
+    former_epochs = run.claim(config)
+    if former_epochs is not None:
+        say(f"{run.root}: the run now trains {config.epochs} epochs instead of {former_epochs}")
     say(run.record_split(inputs.splits, resuming))
     state = _training_state(base, inputs.class_names, config, strategy)
     del base
