@@ -274,7 +274,7 @@ def test_tag_refuses_an_overflowing_file_in_one_line_and_tags_the_rest(tiny, tmp
     captured = capsys.readouterr()
     assert code == 1
     (line,) = captured.err.strip().splitlines()
-    assert line.startswith("eat-keras: error: ") and OVERFLOWING_LOG_MEL in line
+    assert line.startswith(f"eat-keras: error: {loud}: ") and OVERFLOWING_LOG_MEL in line
     assert str(fine) in captured.out and str(loud) not in captured.out
 
 

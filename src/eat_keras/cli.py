@@ -171,7 +171,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
                 results = tag_one(prepare_waveform(waveform, sr, path, args.pad_short))
         except EatKerasError as exc:
             failures += 1
-            _error(str(exc))
+            # audio errors name their file; a refusal while scoring (non-finite input) may not
+            message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            _error(message)
             documents.append({"file": path, "error": str(exc)})
             continue
         if args.json:
