@@ -167,3 +167,29 @@ def test_a_folder_named_like_a_preset_does_not_hide_the_preset(artifacts, tmp_pa
 
 def test_existing_version_is_also_a_file_exists_error():
     assert issubclass(ExistingOutputError, FileExistsError)
+
+
+def test_a_registered_runner_kind_runs_its_artifacts(tmp_path):
+    """A new kind of artifact is one table entry: load_runner (and so tag, evaluate, verify) finds it."""
+    from eat_keras import runners
+
+    class ConstantRunner:
+        name, label_type, class_names = "constant", "single_label", ["a", "b"]
+        window_samples, clip_seconds, logits_exact = None, None, True
+
+        def logits(self, waveforms: np.ndarray) -> np.ndarray:
+            return np.tile(np.array([[1.0, 0.0]], np.float32), (len(waveforms), 1))
+
+    artifact = tmp_path / "model.const"
+    artifact.write_text("constant")
+    kind = runners.RunnerKind("const", lambda path, _: path.suffix == ".const", lambda *_: ConstantRunner())
+    runners.register_runner_kind(kind)
+    try:
+        runner = runners.load_runner(artifact)
+        assert isinstance(runner, ConstantRunner)
+        assert runner.logits(np.zeros((3, 10), np.float32)).shape == (3, 2)
+        with pytest.raises(ValueError, match="already registered"):
+            runners.register_runner_kind(kind)
+    finally:
+        runners.RUNNER_KINDS.remove(kind)
+    assert kind not in runners.RUNNER_KINDS

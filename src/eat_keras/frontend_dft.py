@@ -3,7 +3,7 @@
 Same maths as :func:`eat_keras.frontend.log_mel_spectrogram` (pre-emphasis, reflect padding,
 symmetric Hann window, 1024-point DFT power, Kaldi mel matrix, log, affine), written for
 LiteRT/XNNPACK, whose ``RFFT2D`` is not delegated and runs in double precision, and whose
-``MIRROR_PAD`` copies element by element: together about 20 ms of a 25 ms front-end for 10 s of audio.
+``MIRROR_PAD`` copies element by element: together most of the front-end's time (docs/design.md).
 Here the DFT is a Cooley-Tukey split ``n_fft = Q * P`` (``n = Q a + b``, ``k = k1 + P k2``):
 
 1. stage 1, per residue ``b`` of the sample index modulo ``Q``, a length-``P`` DFT over ``a`` with the
@@ -47,8 +47,7 @@ MAX_RADIX = 32
 MEL_GROUP = 16
 #: frames per piece of the DFT/power/mel stages. XNNPACK runs one operator at a time, so each stage's
 #: output (~4.4 kB a frame) goes through memory before the next reads it; ~250 frames (~1.1 MB) stay
-#: near the two cores' L2 caches. Measured: 10 s in 4 pieces 0.2-0.8 ms faster than in one; 5 s
-#: the same in 1 or 2 pieces; 2 s fastest in one.
+#: near the two cores' L2 caches (docs/design.md, "TFLite front-end").
 FRAMES_PER_PIECE = 250
 
 
@@ -97,10 +96,8 @@ def make_plan(config: FrontendConfig) -> FactoredDFTPlan:
     taps = int(nonzero[-1]) // q + 1 - first_tap
     chunks = -(-taps // rows_per_hop)
     # stage 1: weights[b, a, k1, re/im] over the taps a of residue b (beyond n_fft: zero weight).
-    # 34 outputs per group fill 3 of XNNPACK's 16-wide tiles. Packing the real k1 = 0 and P/2 into
-    # one slot (32 outputs) made stage 1 ~0.3 ms faster at 10 s, but that slot then needs its own
-    # stage-2 matrix. Measured slower or no faster overall: a batch matmul per slot, a grouped 1x1
-    # conv, slot-major rows, and a side path for the slot (2026-11-26)
+    # 34 outputs per group fill 3 of XNNPACK's 16-wide tiles; the 32-output packings measured
+    # slower or no faster overall (docs/design.md, "TFLite front-end")
     a = np.arange(first_tap, first_tap + chunks * rows_per_hop)[None, :, None]
     b = np.arange(q)[:, None, None]
     k1 = np.arange(half)[None, None, :]
@@ -155,7 +152,7 @@ def make_plan(config: FrontendConfig) -> FactoredDFTPlan:
 
 def _reflect_pad(x: tf.Tensor, pad: int) -> tf.Tensor:
     """torch's reflect padding of the last axis as slices, reverses and a concat (``MIRROR_PAD`` is
-    an element-by-element kernel in LiteRT, ~2.5 ms for 10 s of audio)."""
+    an element-by-element kernel in LiteRT)."""
     left = tf.reverse(x[:, 1 : pad + 1], axis=[1])
     right = tf.reverse(x[:, -pad - 1 : -1], axis=[1])
     return tf.concat([left, x, right], axis=1)

@@ -12,6 +12,8 @@ ONNX export on the same files; each runner hides how its artifact is called:
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -217,23 +219,57 @@ class OnnxRunner:
         return np.concatenate(rows)
 
 
-def load_runner(artifact: str | Path, labels_file: str | Path | None = None, reference: Runner | None = None) -> Runner:
-    """A runner for whatever ``artifact`` is; ``reference`` lends class names and label type to
-    artifacts that carry none (ONNX, a TFLite file without labels.txt)."""
-    path = Path(artifact)
+@dataclasses.dataclass(frozen=True)
+class RunnerKind:
+    """One kind of artifact :func:`load_runner` can run: ``matches`` looks at the path (and the
+    reference runner, for artifacts that need one), ``open`` makes the runner."""
+
+    name: str
+    matches: Callable[[Path, Runner | None], bool]
+    open: Callable[[Path, str | Path | None, Runner | None], Runner]
+
+
+def _open_onnx(path: Path, labels_file: str | Path | None, reference: Runner | None) -> Runner:
+    tagger = getattr(reference, "tagger", None)
     label_type = reference.label_type if reference is not None else None
-    if path.is_dir() and (path / "saved_model.pb").is_file():
-        runner: Runner = SavedModelRunner(path, labels_file)
-    elif path.suffix == ".tflite":
-        runner = TFLiteRunner(path, label_type, labels_file)
-    elif path.suffix == ".onnx" and reference is not None:
-        tagger = getattr(reference, "tagger", None)
-        runner = OnnxRunner(path, tagger.config.frontend if tagger else None, reference.class_names, label_type)
-    else:
-        runner = KerasRunner(artifact, labels_file)
+    names = reference.class_names if reference is not None else []
+    return OnnxRunner(path, tagger.config.frontend if tagger else None, names, label_type)
+
+
+#: Tried in order; the first kind that matches runs the artifact. Anything else (a preset name, a
+#: weight file, a model folder) is loaded as a Keras tagger.
+RUNNER_KINDS: list[RunnerKind] = [
+    RunnerKind(
+        "saved_model",
+        lambda path, _: path.is_dir() and (path / "saved_model.pb").is_file(),
+        lambda path, labels, _: SavedModelRunner(path, labels),
+    ),
+    RunnerKind(
+        "tflite",
+        lambda path, _: path.suffix == ".tflite",
+        lambda path, labels, ref: TFLiteRunner(path, ref.label_type if ref is not None else None, labels),
+    ),
+    RunnerKind("onnx", lambda path, ref: path.suffix == ".onnx" and ref is not None, _open_onnx),
+]
+
+
+def register_runner_kind(kind: RunnerKind) -> RunnerKind:
+    """Add a kind of artifact, tried before the built-in ones."""
+    if any(existing.name == kind.name for existing in RUNNER_KINDS):
+        raise ValueError(f"a runner kind named {kind.name!r} is already registered")
+    RUNNER_KINDS.insert(0, kind)
+    return kind
+
+
+def load_runner(artifact: str | Path, labels_file: str | Path | None = None, reference: Runner | None = None) -> Runner:
+    """A runner for whatever ``artifact`` is (the first matching :data:`RUNNER_KINDS` entry, else a
+    Keras tagger); ``reference`` lends class names and label type to artifacts that carry none
+    (ONNX, a TFLite file without labels.txt)."""
+    path = Path(artifact)
+    kind = next((k for k in RUNNER_KINDS if k.matches(path, reference)), None)
+    runner = kind.open(path, labels_file, reference) if kind else KerasRunner(artifact, labels_file)
     if not runner.class_names and reference is not None:
         runner.class_names = list(reference.class_names)
     if not runner.class_names:
         raise EatKerasError(f"{artifact}: no class names; pass --labels")
     return runner
-

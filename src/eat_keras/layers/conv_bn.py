@@ -22,8 +22,8 @@ def torch_padding(kernel_size: int, dilation: int = 1) -> int:
 
 def torch_padded_depthwise_conv(x: tf.Tensor, kernel: tf.Tensor, strides: int = 1, dilation: int = 1) -> tf.Tensor:
     """``tf.nn.depthwise_conv2d`` with PyTorch's symmetric zero padding ``(k - 1) // 2 * dilation``,
-    without a ``Pad`` op where it can: TF's CPU kernels copy the whole activation map for one (mn10's
-    block-1 pad alone, batch 8 × 10 s: 29 ms of op time with oneDNN off, 5 ms with it on).
+    without a ``Pad`` op where it can: TF's CPU kernels copy the whole activation map for one
+    (docs/design.md, "Depthwise padding").
 
     - odd ``k``, stride 1: ``"SAME"`` pads ``(k - 1) // 2 * dilation`` on each side, the same thing;
     - odd ``k``, stride 2, dilation 1, batch not fixed at 1: the kernel gets a zero last row and

@@ -22,21 +22,8 @@ result is obtained exactly, for any batch and length, with ops that TFLite has a
     viewed as ``[B, F'·T'·C, K]`` it is contracted with the attention ``[B, K, 1]`` by a batched
     matmul. K× the MACs of a static depthwise conv, yet the fastest builtin-only, any-batch variant.
 
-Measured alternatives (dymn04 layer shapes for a 10 s clip, all 15 blocks summed, ``tf.function``
-with the batch traced as unknown, as in the SavedModel; TF 2.21 with oneDNN on the AVX-512 2-core
-machine; medians of 20 runs; ``tools/bench_dymn.py --formulations --batches 1 8``; run-to-run noise
-is up to ±30 %; the layer rows include the attention Dense + softmax):
-
-===================================================  ==========  ==========
-formulation                                          batch 1     batch 8
-===================================================  ==========  ==========
-1x1: static conv to K·C_out, weight, sum K             41 ms      140 ms
-1x1: aggregate kernel + batched matmul (the layer)     21 ms       44 ms
-dw: depth_multiplier K, multiply + sum over K          42 ms      156 ms
-dw: depth_multiplier K, matmul over K (builtin-only)   34 ms      104 ms
-dw: aggregate kernel, k² shifted slices                70 ms      375 ms
-dw: aggregate kernel, batch folded into C (the layer)  13 ms       46 ms
-===================================================  ==========  ==========
+Each form is the fastest of the alternatives measured for where it runs (docs/design.md,
+"Dynamic convolution formulations"; ``tools/bench_dymn.py --formulations``).
 
 The folded variant needs a runtime filter whose channel count is ``B·C``: with a dynamic batch the
 TFLite converter rejects it (``tf.DepthwiseConv2dNative`` falls back to Flex), so a graph meant for
@@ -157,8 +144,7 @@ class DynamicConv(tf_keras.layers.Layer):
         flat = tf.reshape(self.kernel, [k * k * channels, self.num_kernels])
         if x.shape[0] == 1:
             # A batch fixed at 1 (the TFLite files' [1, N] input): a builtin DEPTHWISE_CONV_2D with a
-            # runtime filter; on LiteRT/XNNPACK 4-11x faster on dymn layer shapes than the K-wide
-            # conv + batched matmul; dymn10's 10 s file went from 42.5 to 23.2 ms.
+            # runtime filter, several times faster on LiteRT/XNNPACK than the K-wide form.
             return conv(x, tf.reshape(tf.matmul(flat, attention, transpose_b=True), [k, k, channels, 1]))
         if _BUILTIN_OPS_ONLY.get():
             y = conv(x, self.kernel)  # [B, F', T', C·K], channel c·K + k
@@ -168,8 +154,7 @@ class DynamicConv(tf_keras.layers.Layer):
         # Any batch (SavedModel, Keras): upstream's grouped conv, the batch folded into the channels
         # ([B, F, T, C] -> [1, F, T, B·C]) against the B·C per-sample filters. The TFLite converter
         # cannot make this builtin for a dynamic batch (hence the branch above), but in TF it is
-        # 2.2x faster than the K-wide conv + batched matmul (dymn04, batch 8 x 10 s, all depthwise
-        # layers: 37.6 vs 81.3 ms, tools/bench_dymn.py --formulations).
+        # about twice as fast as the K-wide conv + batched matmul.
         shape = tf.shape(x)
         batch = shape[0]
         per_sample = tf.reshape(tf.matmul(attention, flat, transpose_b=True), [batch, k, k, channels])

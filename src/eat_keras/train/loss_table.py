@@ -53,7 +53,7 @@ __all__ = [
 #: Output forms of a model's scores: softmax for single-label data, sigmoid for multi-label data.
 FORMS = ("softmax", "sigmoid")
 
-#: The seed recipe's combination.
+#: The original recipe's combination (docs/design.md, "The fine-tuning recipe").
 DEFAULT_LOSS_TERMS: Mapping[str, float] = {"cb": 0.8, "supcon": 0.2}
 
 #: A built term: the batch's inputs by name (``targets``, ``logits``, ...) → a scalar tensor.

@@ -1,6 +1,6 @@
 """Fine-tuning losses on batches: cross-entropy, class-balanced (focal), supervised contrastive.
 
-The defaults reproduce the seed recipe (spec §7.2): ``0.8 · ClassBalanced + 0.2 · SupCon`` with
+The defaults reproduce the original recipe (docs/design.md): ``0.8 · ClassBalanced + 0.2 · SupCon`` with
 β = 0.9999, softmax form, no focal term, τ = 0.07. Every loss takes targets as ``[B, C]``
 probability rows (one-hot, or soft after mixup) so that mixup needs no special case: all of them are
 linear in the targets, so ``loss(λy + (1−λ)y')`` equals upstream's ``λ·loss(y) + (1−λ)·loss(y')``.
@@ -46,7 +46,7 @@ Form = Literal["softmax", "sigmoid"]
 
 # Floor for 1 - p in the focal factor: pow(0, γ) has an infinite or NaN gradient for γ < 1.
 _FOCAL_FLOOR = 1e-12
-# The seed's SupConLoss adds these to its denominators; kept so that the values match.
+# The original recipe's SupConLoss adds these to its denominators; kept so that the values match.
 _SUPCON_EPS = 1e-12
 _EXCLUDED = -1e9
 
@@ -105,7 +105,7 @@ def class_balanced_loss(
     :func:`class_balanced_weights`).
 
     * ``softmax``: ``mean_i Σ_c y_ic · w_c · (1 − p_ic)^γ · (−log p_ic)`` with ``p = softmax(z)``.
-      With one-hot targets and γ = 0 this is the seed's ``mean_i w_{y_i} CE_i``.
+      With one-hot targets and γ = 0 this is the original recipe's ``mean_i w_{y_i} CE_i``.
     * ``sigmoid`` (Cui et al. 2019, as their reference code): per element focal BCE
       ``FL_ic = exp(−γ(y_ic z_ic + log(1 + e^{−z_ic}))) · BCE(y_ic, z_ic)``, i.e.
       ``(1 − p_t)^γ · BCE`` for hard labels (a geometric blend of the two focal factors for soft
@@ -138,14 +138,14 @@ def class_balanced_loss(
 def supervised_contrastive_loss(
     embeddings: tf.Tensor, labels: tf.Tensor, temperature: float = 0.07
 ) -> tf.Tensor:
-    """The seed's SupConLoss (spec §7.2) on embeddings ``[B, D]`` and integer labels ``[B]``.
+    """The original recipe's SupConLoss on embeddings ``[B, D]`` and integer labels ``[B]``.
 
     ``f`` = L2-normalised embeddings, ``S = f fᵀ / τ``; positives of anchor ``i`` are the other
     samples with its label; ``log p_ij = S_ij − log(Σ_{k≠i} exp S_ik + 1e-12)``; the anchor's term
     is ``Σ_j pos_ij log p_ij / (Σ_j pos_ij + 1e-12)``; the loss is minus the mean over **all**
     anchors (one without positives adds 0 but counts). The log-sum is evaluated as
     ``logaddexp(logsumexp_{k≠i} S_ik, log 1e-12)``: the same value, but no ``exp`` overflow for
-    small τ (the seed's form overflows float32 once ``1/τ > 88``).
+    small τ (the original form overflows float32 once ``1/τ > 88``).
     """
     f = tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=-1)
     labels = tf.reshape(labels, [-1])
@@ -202,7 +202,7 @@ class CombinedLoss:
     Built in: ``"cb"`` (:func:`class_balanced_loss`, with ``class_weights`` or weights from
     ``class_counts``), ``"ce"`` (:func:`cross_entropy`), ``"supcon"``
     (:func:`supervised_contrastive_loss`, needs the embeddings). The default
-    ``{"cb": 0.8, "supcon": 0.2}`` is the seed recipe's.
+    ``{"cb": 0.8, "supcon": 0.2}`` is the original recipe's.
 
     Calling it returns ``(total, {name: unweighted term})``; the dict is for logging. Inputs a term
     needs besides the targets, logits and embeddings are passed by name (``teacher_logits=...``).
