@@ -17,7 +17,14 @@ import soundfile as sf
 from eat_keras.cli import main
 from eat_keras.errors import EatKerasError, ExistingOutputError
 from eat_keras.models import AudioTagger, ModelConfig
-from eat_keras.runners import KerasRunner, SavedModelRunner, TFLiteRunner, load_runner
+from eat_keras.runners import (
+    EvaluationWindow,
+    KerasRunner,
+    SavedModelRunner,
+    TFLiteRunner,
+    evaluation_window,
+    load_runner,
+)
 
 SR = 32000
 NAMES = ["dog", "rain", "crying baby"]
@@ -69,11 +76,34 @@ def test_tflite_softmax_scores_invert_to_the_keras_logits(artifacts):
 
 
 def test_evaluation_window_comes_from_the_artifact(artifacts):
-    from eat_keras.cli import _clip_samples
+    saved, tflite = SavedModelRunner(artifacts["saved_model"]), TFLiteRunner(artifacts["tflite"])
+    assert evaluation_window(saved, None) == EvaluationWindow(2 * SR, "the training clip length")
+    assert evaluation_window(saved, 3.0) == EvaluationWindow(3 * SR, "--clip-seconds")
+    assert evaluation_window(tflite, None).samples == 64320
+    assert evaluation_window(tflite, WINDOW_SECONDS).samples == 64320
+    with pytest.raises(EatKerasError, match=r"takes 2.01 s windows only; --clip-seconds 2 cannot"):
+        evaluation_window(tflite, 2.0)  # never a silent change to the file's window
 
-    assert _clip_samples([SavedModelRunner(artifacts["saved_model"])], None) == 2 * SR
-    assert _clip_samples([SavedModelRunner(artifacts["saved_model"])], 3.0) == 3 * SR
-    assert _clip_samples([TFLiteRunner(artifacts["tflite"])], None) == 64320
+
+def test_verify_runs_each_artifact_at_its_own_window(artifacts, tmp_path, capsys):
+    """A model trained on 2 s clips against its 2.01 s TFLite file: each side is evaluated as
+    evaluate evaluates it, the windows are printed, and logits of different windows are not compared."""
+    data = tmp_path / "data"
+    for name in NAMES:
+        (data / name).mkdir(parents=True)
+        sf.write(data / name / "a.wav", np.random.default_rng(len(name)).normal(0, 0.1, 3 * SR).astype(np.float32), SR)
+    assert main(["evaluate", str(artifacts["tflite"]), str(data), "--out", str(tmp_path / "eval")]) == 0
+    evaluated = capsys.readouterr().out
+    assert "2.01 s windows (the artifact's fixed input)" in evaluated
+    assert main(["verify", str(artifacts["folder"]), str(artifacts["tflite"]), str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "/tiny: 2 s windows (the training clip length)" in out
+    assert "2.01 s windows (the artifact's fixed input)" in out
+    assert "not compared (the two ran at different windows)" in out
+    (line_b,) = [line for line in out.splitlines() if line.startswith("B ") and "accuracy" in line]
+    accuracy_b = float(line_b.rsplit("accuracy ", 1)[1])
+    (line,) = [line for line in evaluated.splitlines() if line.lower().startswith("accuracy")]
+    assert accuracy_b == float(line.split()[1])
 
 
 def test_label_file_is_parsed_and_counted_for_every_artifact(artifacts, tmp_path):

@@ -258,24 +258,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _clip_samples(runners, clip_seconds: float | None) -> int:
-    """Evaluation window: a fixed artifact input wins, then --clip-seconds, then the fine-tuned
-    model's training clip length (recorded in model folders, SavedModels and TFLite files), then
-    10 s (AudioSet clips)."""
-    from eat_keras.audio import SAMPLE_RATE, seconds_to_samples
-
-    fixed = {r.window_samples for r in runners if r.window_samples}
-    if len(fixed) > 1:
-        raise EatKerasError(f"the artifacts have different fixed input lengths {sorted(fixed)}")
-    if fixed:
-        return fixed.pop()
-    if clip_seconds is None:
-        clip_seconds = next((r.clip_seconds for r in runners if r.clip_seconds), None)
-    if clip_seconds is None:  # not `or`: an explicit 0 must reach the checks, not become 10 s
-        clip_seconds = 10.0
-    return seconds_to_samples(clip_seconds, SAMPLE_RATE)
-
-
 def _check_evaluation_flags(args: argparse.Namespace) -> None:
     """Refuse a batch size or window no evaluation can use before any model is loaded."""
     import math
@@ -291,15 +273,16 @@ def _check_evaluation_flags(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_evaluation_flags(args)  # before TensorFlow is imported: a typo fails at once
-    from eat_keras.runners import load_runner
+    from eat_keras.runners import evaluation_window, load_runner
     from eat_keras.train.data import read_dataset
     from eat_keras.train.evaluate import evaluate
     from eat_keras.train.metrics import write_report_files
 
     runner = load_runner(args.model, args.labels)
     examples = read_dataset(args.data, args.folds)
-    clip = _clip_samples([runner], args.clip_seconds)
-    report, _ = evaluate(runner.logits, examples, runner.class_names, clip, args.batch_size)
+    window = evaluation_window(runner, args.clip_seconds)
+    print(f"{runner.name}: {window.describe()}, each file's windows averaged", flush=True)
+    report, _ = evaluate(runner.logits, examples, runner.class_names, window.samples, args.batch_size, progress="evaluate")
     print(report.summary())
     out = Path(args.out) if args.out else Path(f"eval-{_model_name(args.model)}")
     for path in write_report_files(report, out):
@@ -309,7 +292,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     _check_evaluation_flags(args)  # before TensorFlow is imported: a typo fails at once
-    from eat_keras.runners import load_runner
+    from eat_keras.runners import evaluation_window, load_runner
     from eat_keras.train.data import read_dataset
     from eat_keras.train.evaluate import verify
 
@@ -318,10 +301,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if runner_a.class_names != runner_b.class_names:
         raise EatKerasError("the two artifacts have different class names")
     examples = read_dataset(args.data, args.folds)
-    clip = _clip_samples([runner_a, runner_b], args.clip_seconds)
+    windows = [evaluation_window(runner, args.clip_seconds) for runner in (runner_a, runner_b)]
+    for side, runner, window in zip("AB", (runner_a, runner_b), windows):
+        print(f"{side} {runner.name}: {window.describe()}, each file's windows averaged", flush=True)
     result = verify(
-        runner_a.logits, runner_b.logits, examples, runner_a.class_names, clip, args.batch_size,
-        centre_rows=not (runner_a.logits_exact and runner_b.logits_exact),
+        runner_a.logits, runner_b.logits, examples, runner_a.class_names,
+        (windows[0].samples, windows[1].samples), args.batch_size,
+        centre_rows=not (runner_a.logits_exact and runner_b.logits_exact), progress=True,
     )
     print(result.summary(runner_a.name, runner_b.name))
     return 0

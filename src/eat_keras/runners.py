@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from eat_keras.audio import SAMPLE_RATE, seconds_to_samples
 from eat_keras.errors import AudioError, EatKerasError
 from eat_keras.labels import LABEL_LIST_FILE, read_class_names
 
@@ -217,6 +218,35 @@ class OnnxRunner:
         nchw = np.transpose(mel, (0, 3, 1, 2))  # upstream exports take [B, 1, n_mels, T]
         rows = [self._session.run(None, {self._input: nchw[i : i + 1]})[0].reshape(1, -1) for i in range(len(nchw))]
         return np.concatenate(rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationWindow:
+    samples: int
+    reason: str
+
+    def describe(self, sample_rate: int = SAMPLE_RATE) -> str:
+        return f"{self.samples / sample_rate:g} s windows ({self.reason})"
+
+
+def evaluation_window(runner: Runner, clip_seconds: float | None = None) -> EvaluationWindow:
+    """The window ``runner`` is evaluated at: an artifact's fixed input (a ``clip_seconds`` it
+    cannot take is an error, never a silent change), else ``clip_seconds``, else the fine-tuned
+    model's training clip length (recorded in model folders, SavedModels and TFLite files), else
+    AudioSet's 10 s."""
+    fixed = runner.window_samples
+    if fixed:
+        if clip_seconds is not None and seconds_to_samples(clip_seconds, SAMPLE_RATE) != fixed:
+            raise EatKerasError(
+                f"{runner.name} takes {fixed / SAMPLE_RATE:g} s windows only; --clip-seconds "
+                f"{clip_seconds:g} cannot be used with it (export a file of that window to evaluate it)"
+            )
+        return EvaluationWindow(fixed, "the artifact's fixed input")
+    if clip_seconds is not None:  # not `or`: an explicit 0 must reach the checks, not become 10 s
+        return EvaluationWindow(seconds_to_samples(clip_seconds, SAMPLE_RATE), "--clip-seconds")
+    if runner.clip_seconds:
+        return EvaluationWindow(seconds_to_samples(runner.clip_seconds, SAMPLE_RATE), "the training clip length")
+    return EvaluationWindow(seconds_to_samples(10.0, SAMPLE_RATE), "AudioSet's clip length")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ import tensorflow as tf
 from eat_keras.audio import SAMPLE_RATE
 from eat_keras.errors import ConfigError, EatKerasError
 from eat_keras.labels import short_list
+from eat_keras.progress import ProgressLine
 from eat_keras.train.config import MAX_CLIP_SECONDS
 from eat_keras.train.data import AudioCache, Example, average_per_file, make_dataset
 from eat_keras.train.metrics import ClassificationReport, classification_report
@@ -46,8 +47,10 @@ def file_logits(
     clip_samples: int,
     batch_size: int = 16,
     cache: AudioCache | None = None,
+    progress: str | None = None,
 ) -> np.ndarray:
-    """``[files, classes]``: logits averaged over each file's windows of ``clip_samples``."""
+    """``[files, classes]``: logits averaged over each file's windows of ``clip_samples``; with
+    ``progress``, a progress line of that name on stderr."""
     check_clip_samples(clip_samples, batch_size)
     unknown = sorted({e.label for e in examples} - set(class_names))
     if unknown:
@@ -57,9 +60,14 @@ def file_logits(
         )
     dataset = make_dataset(examples, class_names, mode="eval", clip_samples=clip_samples, batch_size=batch_size, cache=cache)
     logits, index = [], []
+    line = ProgressLine(progress, int(dataset.cardinality()), unit="batches") if progress else None
     for batch in dataset:
         logits.append(np.asarray(predict(batch["waveform"].numpy())))
         index.append(batch["index"].numpy())
+        if line:
+            line.advance()
+    if line:
+        line.finish()
     averaged = average_per_file(tf.constant(np.concatenate(logits)), tf.constant(np.concatenate(index)), len(examples)).numpy()
     broken = [e.path for e, row in zip(examples, averaged) if not np.isfinite(row).all()]
     if broken:
@@ -82,9 +90,10 @@ def evaluate(
     clip_samples: int,
     batch_size: int = 16,
     cache: AudioCache | None = None,
+    progress: str | None = None,
 ) -> tuple[ClassificationReport, np.ndarray]:
     """Report and the per-file logits it was computed from."""
-    logits = file_logits(predict, examples, class_names, clip_samples, batch_size, cache)
+    logits = file_logits(predict, examples, class_names, clip_samples, batch_size, cache, progress)
     report = classification_report(true_ids(examples, class_names), logits.argmax(axis=1), list(class_names))
     return report, logits
 
@@ -94,7 +103,7 @@ class Verification:
     accuracy_a: float
     accuracy_b: float
     agreement: float  # fraction of files with the same top-1 class
-    max_abs_logit_difference: float
+    max_abs_logit_difference: float | None  # None: the two ran at different windows
     num_files: int
     rows_centred: bool = False  # the difference was taken after removing each file's mean logit
 
@@ -103,14 +112,19 @@ class Verification:
         return self.accuracy_b - self.accuracy_a
 
     def summary(self, name_a: str, name_b: str) -> str:
+        if self.max_abs_logit_difference is None:
+            difference = "max |logit A - logit B|: not compared (the two ran at different windows)"
+        else:
+            difference = f"max |logit A - logit B|: {self.max_abs_logit_difference:.3g}" + (
+                " (each file's mean removed: softmax scores give logits up to a constant)" if self.rows_centred else ""
+            )
         return "\n".join(
             [
                 f"A {name_a}: accuracy {self.accuracy_a:.4f}",
                 f"B {name_b}: accuracy {self.accuracy_b:.4f}",
                 f"difference B - A: {self.accuracy_difference:+.4f}",
                 f"top-1 agreement: {self.agreement:.4f} ({self.num_files} files)",
-                f"max |logit A - logit B|: {self.max_abs_logit_difference:.3g}"
-                + (" (each file's mean removed: softmax scores give logits up to a constant)" if self.rows_centred else ""),
+                difference,
             ]
         )
 
@@ -120,19 +134,22 @@ def verify(
     predict_b: PredictFn,
     examples: Sequence[Example],
     class_names: Sequence[str],
-    clip_samples: int,
+    clip_samples: int | tuple[int, int],
     batch_size: int = 16,
     cache: AudioCache | None = None,
     centre_rows: bool = False,
+    progress: bool = False,
 ) -> Verification:
-    """``centre_rows``: compare logits after removing each file's mean, for an artifact whose
-    logits are only known up to a per-file constant (softmax scores turned back into logits)."""
+    """Each artifact evaluated as :func:`evaluate` does, at its own window when ``clip_samples``
+    is a pair. ``centre_rows``: compare logits after removing each file's mean, for an artifact
+    whose logits are only known up to a per-file constant (softmax scores turned back into logits)."""
+    clip_a, clip_b = clip_samples if isinstance(clip_samples, tuple) else (clip_samples, clip_samples)
     cache = cache or AudioCache()
-    report_a, logits_a = evaluate(predict_a, examples, class_names, clip_samples, batch_size, cache)
-    report_b, logits_b = evaluate(predict_b, examples, class_names, clip_samples, batch_size, cache)
+    report_a, logits_a = evaluate(predict_a, examples, class_names, clip_a, batch_size, cache, "A" if progress else None)
+    report_b, logits_b = evaluate(predict_b, examples, class_names, clip_b, batch_size, cache, "B" if progress else None)
     agreement = float(np.mean(logits_a.argmax(axis=1) == logits_b.argmax(axis=1)))
     if centre_rows:
         logits_a = logits_a - logits_a.mean(axis=1, keepdims=True)
         logits_b = logits_b - logits_b.mean(axis=1, keepdims=True)
-    difference = float(np.abs(logits_a - logits_b).max())
+    difference = float(np.abs(logits_a - logits_b).max()) if clip_a == clip_b else None
     return Verification(report_a.accuracy, report_b.accuracy, agreement, difference, len(examples), centre_rows)
