@@ -501,6 +501,21 @@ def test_full_disk(tiny, tmp_path):
     assert results[-1]["manifests"] == {str(model / "eat_keras.json"): (tiny["folder"] / "eat_keras.json").read_text()}
 
 
+def test_finetune_on_a_full_disk(tiny, data_folder, tmp_path):
+    """The run folder fills the disk mid-run: one line, and no best/ that could pass for a model."""
+    full = tmp_path / "full"
+    full.mkdir()
+    command = ["finetune", str(data_folder), "--model", str(tiny["folder"]), "--out", str(full / "run"), "--epochs", "1"]
+    if _can_unshare():
+        (result,) = _isolated([command], tmpfs=[(str(full), "size=64k")], watch=[full])
+        reason = "No space left on device"
+    else:
+        (result,) = _isolated([command], watch=[full], file_size_limit=64 * 1024, unshare=False)
+        reason = "File too large"
+    _assert_one_line(result, "cannot write", reason)
+    assert not any(name.startswith("run/best") for name in result["listing"][str(full)])
+
+
 def test_a_file_in_the_way(tiny, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("not a folder")
