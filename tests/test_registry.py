@@ -8,7 +8,10 @@ and exported as a SavedModel.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import sys
 from collections.abc import Collection, Iterator
 
 import numpy as np
@@ -137,3 +140,19 @@ def test_pt_file_of_the_family_loads_and_exports(toy_config, tmp_path):
     hop = toy_config.frontend.hop_length / toy_config.frontend.sample_rate
     stride = 2 * np.prod([spec.depthwise_stride for spec in block_specs(0.1, toy_config.strides)[:2]])
     assert_close(steps, np.full_like(steps, stride * hop), OP_RTOL, what="frame step")
+
+
+@pytest.mark.parametrize("first", ["eat_keras.models.dymn", "eat_keras.models.mn", "eat_keras.weights.mapping"])
+def test_the_built_in_families_load_whichever_module_comes_first(first):
+    """A program may import a family module before anything else (as test_dymn.py does)."""
+    code = f"import {first}; from eat_keras.models.registry import arch_names, get_arch; " \
+        "print(sorted(get_arch(n).name for n in arch_names()))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "['dymn', 'mn']"
+
+
+def test_a_built_in_name_cannot_be_taken(toy_config):
+    spec = get_arch(TOY)
+    with pytest.raises(ValueError, match="'mn' is a built-in model family"):
+        register_arch(dataclasses.replace(spec, name="mn"))

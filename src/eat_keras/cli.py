@@ -51,12 +51,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    from eat_keras.models.config import LABEL_TYPES
+
     g = p.add_argument_group("architecture overrides (only for what a weight file cannot tell)")
     g.add_argument("--weights", help="explicit path to the preset's weight file")
     g.add_argument("--strides", type=_parse_strides, help="strides of the 4 downsampling stages, e.g. 2211")
     g.add_argument("--hop", type=int, help="front-end hop length in samples (upstream hop_N: N*32)")
     g.add_argument("--n-mels", type=int, help="number of mel bins")
-    g.add_argument("--label-type", choices=("multi_label", "single_label"), help="sigmoid or softmax scores")
+    g.add_argument("--label-type", choices=LABEL_TYPES, help="sigmoid or softmax scores")
     g.add_argument("--temperature", type=float, help="DyMN dynamic-conv temperature (1.0 for pretrained)")
     g.add_argument("--labels", help="class-name file (CSV index,mid,display_name or one name per line)")
 
@@ -82,36 +84,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from eat_keras.export.saved_model import check_version, export_saved_model
+    """Each chosen format (``eat_keras.export.formats``) checks its flags, then writes in turn."""
+    from eat_keras.export.formats import ExportRequest, chosen_formats
     from eat_keras.loading import load_tagger
     from eat_keras.models.saving import check_output_name
 
     name = check_output_name(args.name or _model_name(args.model))  # refused before any loading
-    check_version(args.version)
+    formats = chosen_formats(args.format)
+    for export_format in formats:
+        if export_format.check_flags is not None:
+            export_format.check_flags(args)
     tagger = load_tagger(args.model, args.weights, _overrides(args), args.labels)
-    if "saved_model" in args.format:
-        path = export_saved_model(tagger, args.out, name, args.version)
-        print(f"wrote SavedModel {path}")
-    if "tflite" in args.format:
-        from eat_keras.export.tflite import export_tflite
-
-        artifacts = export_tflite(
-            tagger,
-            args.out,
-            name,
-            window_seconds=args.window_seconds,
-            quantizations=args.quantization,
-            calibration_files=args.calibration or (),
-            max_calibration_windows=args.calibration_windows,
-            log_mel=not args.no_logmel,
-            outputs=args.tflite_outputs,
-            metadata=not args.no_metadata,
-            log=lambda message: print(message, file=sys.stderr, flush=True),
-        )
-        for artifact in artifacts:
-            size = artifact.path.stat().st_size / 1e6
-            shape = "x".join(map(str, artifact.input_shape))
-            print(f"wrote TFLite {artifact.path}  ({artifact.quantization}, {artifact.input_kind} {shape}, {size:.2f} MB)")
+    request = ExportRequest(tagger, Path(args.out), name, args, lambda line: print(line, file=sys.stderr, flush=True))
+    for export_format in formats:
+        for artifact in export_format.writer()(request):
+            print(export_format.describe(artifact))
     return 0
 
 
@@ -245,7 +232,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from eat_keras.train.data import AudioCache, read_dataset
 
     config = _finetune_config(args)  # bad settings and a bad manifest fail before TensorFlow is imported
-    examples = read_dataset(args.data)
+    examples = read_dataset(args.data, group_pattern=config.group_pattern)
     from eat_keras.train.fit import finetune
 
     result = finetune(examples, args.out, config, _strategy(args.strategy), AudioCache(args.cache_dir))
@@ -491,34 +478,22 @@ def _add_convert_parser(sub: Any) -> None:
 
 
 def _add_export_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "export", help="write deployable artifacts (SavedModel for TF apps and TF Serving, TFLite for LiteRT/MediaPipe)"
-    )
+    """The formats, their help and their flags come from the export table."""
+    from eat_keras.export.formats import EXPORT_FORMATS
+    from eat_keras.export.options import DEFAULT_FORMATS
+
+    formats = EXPORT_FORMATS.values()
+    p = sub.add_parser("export", help=f"write deployable artifacts ({', '.join(f.help for f in formats)})")
     p.add_argument("model", help="preset name, .pt/.onnx file, or eat-keras model folder")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="parent folder (default: saved_models/)")
     p.add_argument("--name", help="model name (default: preset name, file stem or folder name)")
-    p.add_argument("--format", nargs="+", choices=("saved_model", "tflite"), default=["saved_model"])
-    p.add_argument("--version", type=int, help="SavedModel version folder (default: next free integer)")
-    g = p.add_argument_group("TFLite (--format tflite): files in OUT/NAME/tflite/")
-    g.add_argument(
-        "--window-seconds", nargs="+", type=float, default=[1.0, 10.0], metavar="S",
-        help="fixed input window(s) in seconds, one file per window (default: 1 10)",
-    )
-    g.add_argument(
-        "--quantization", nargs="+", choices=("float32", "float16", "dynamic_int8", "int8"), metavar="Q",
-        help="float32 float16 dynamic_int8 int8 (default: the first three, plus int8 with --calibration)",
-    )
-    g.add_argument("--calibration", nargs="+", metavar="FILE", help="audio files to calibrate full int8 on")
-    g.add_argument(
-        "--calibration-windows", type=int, default=100, metavar="N",
-        help="at most N calibration windows, spread over the files (default: 100)",
-    )
-    g.add_argument("--no-logmel", action="store_true", help="skip the log-mel-input files")
-    g.add_argument(
-        "--tflite-outputs", nargs="+", choices=("scores", "logits", "embedding"), default=["scores"], metavar="OUT",
-        help="output tensors, scores first (default: scores; MediaPipe reads every output as a classifier head)",
-    )
-    g.add_argument("--no-metadata", action="store_true", help="write no MediaPipe metadata (no mediapipe needed)")
+    p.add_argument(
+        "--format", nargs="+", choices=tuple(EXPORT_FORMATS), default=list(DEFAULT_FORMATS),
+        help=f"formats to write, in the order of the choices (default: {' '.join(DEFAULT_FORMATS)})",
+    )  # fmt: skip
+    for export_format in formats:
+        if export_format.add_flags is not None:
+            export_format.add_flags(p.add_argument_group(export_format.title()))
     _add_model_flags(p)
     p.set_defaults(func=cmd_export)
 

@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 
 from eat_keras.errors import UnknownPresetError
-from eat_keras.frontend import FrontendConfig
+from eat_keras.frontend_config import FrontendConfig
 from eat_keras.models.config import ModelConfig
 
 RELEASE_URL = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
@@ -60,8 +60,11 @@ def _add(name: str, filename: str, config: ModelConfig, mAP: float | None, param
     PRESETS[name] = Preset(name, config, filename, _KNOWN_SHA256.get(filename), mAP, params, desc)
 
 
+# Presets are built from ModelConfig's defaults, not ModelConfig.for_arch: that would import the
+# family's module and with it TensorFlow, which listing presets does not need. A test checks that
+# these configs agree with each family's default_config.
 def _mn(width: str, **changes) -> ModelConfig:
-    return ModelConfig.for_arch("mn", width_mult=_WIDTHS[width], **changes)
+    return ModelConfig(arch="mn", width_mult=_WIDTHS[width], **changes)
 
 
 for _w, _map in {"01": 298, "02": 378, "04": 432, "05": 443, "10": 471, "20": 478, "30": 482, "40": 484}.items():
@@ -153,7 +156,7 @@ _DYMN_IM_TEMPERATURE = 30.0
 
 def _dymn(width: str, **changes) -> ModelConfig:
     """AudioSet checkpoints run at the family's default temperature (``DEFAULT_TEMPERATURE``)."""
-    return ModelConfig.for_arch("dymn", width_mult=_WIDTHS[width], **changes)
+    return ModelConfig(arch="dymn", width_mult=_WIDTHS[width], **changes)
 
 
 # mAP: from the file name where it has one (dymn20_as_mAP_493: 49.3, the README prints 49.1 for

@@ -58,6 +58,15 @@ from eat_keras import __version__
 from eat_keras.audio import seconds_to_samples
 from eat_keras.labels import LABEL_LIST_FILE, write_label_list
 from eat_keras.errors import EatKerasError
+from eat_keras.export.options import (  # the choices and defaults, public here too
+    DEFAULT_CALIBRATION_WINDOWS,
+    DEFAULT_OUTPUTS,
+    DEFAULT_QUANTIZATIONS,
+    DEFAULT_WINDOW_SECONDS,
+    OUTPUTS,
+    QUANTIZATIONS,
+    TFLITE_DIR,
+)
 from eat_keras.frontend import FrontendConfig, log_mel_spectrogram
 from eat_keras.frontend_dft import factored_log_mel, radix_for
 from eat_keras.litert import (  # noqa: F401 (public here too)
@@ -78,11 +87,6 @@ from eat_keras.models.saving import (
 )
 from eat_keras.models.tagger import log_mel_in_range
 
-QUANTIZATIONS = ("float32", "float16", "dynamic_int8", "int8")
-OUTPUTS = ("scores", "logits", "embedding")
-DEFAULT_WINDOW_SECONDS = (1.0, 10.0)
-DEFAULT_CALIBRATION_WINDOWS = 100
-TFLITE_DIR = "tflite"
 #: name scope of the front-end ops in the converted graph; selects them for float-only checks
 FRONTEND_SCOPE = "eat_frontend"
 
@@ -469,7 +473,7 @@ def export_tflite(
     calibration_files: Sequence[str | Path] = (),
     max_calibration_windows: int = DEFAULT_CALIBRATION_WINDOWS,
     log_mel: bool = True,
-    outputs: Sequence[str] = ("scores",),
+    outputs: Sequence[str] = DEFAULT_OUTPUTS,
     metadata: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> list[TFLiteArtifact]:
@@ -488,7 +492,7 @@ def export_tflite(
     if not outputs or outputs[0] != "scores" or len(set(outputs)) != len(outputs) or not set(outputs) <= set(OUTPUTS):
         raise TFLiteExportError(f"outputs must start with 'scores' and be distinct names from {OUTPUTS}; got {outputs}")
     if quantizations is None:
-        quantizations = ("float32", "float16", "dynamic_int8") + (("int8",) if calibration_files else ())
+        quantizations = DEFAULT_QUANTIZATIONS + (("int8",) if calibration_files else ())
     unknown = [q for q in quantizations if q not in QUANTIZATIONS]
     if unknown:
         raise TFLiteExportError(f"unknown quantization {unknown}; choose from {QUANTIZATIONS}")

@@ -1,4 +1,7 @@
-"""ModelConfig: everything needed to build an EfficientAT network and its front-end."""
+"""ModelConfig: everything needed to build an EfficientAT network and its front-end.
+
+The module imports no TensorFlow: presets and the command line read configurations without it.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from eat_keras.errors import ConfigError
-from eat_keras.frontend import FrontendConfig
-from eat_keras.models.registry import get_arch
+from eat_keras.frontend_config import FrontendConfig
+from eat_keras.models.registry import check_arch_name, get_arch
 
 HEAD_TYPES = ("mlp", "fully_convolutional", "attention_pooling")
 LABEL_TYPES = ("multi_label", "single_label")
@@ -62,7 +65,7 @@ class ModelConfig:
     frontend: FrontendConfig = dataclasses.field(default_factory=FrontendConfig)
 
     def __post_init__(self) -> None:
-        get_arch(self.arch)  # a registered family (see eat_keras.models.registry)
+        check_arch_name(self.arch)  # a registered family (see eat_keras.models.registry)
         for name, allowed in (
             ("head_type", HEAD_TYPES), ("label_type", LABEL_TYPES), ("use_dy_blocks", DY_BLOCK_MODES)
         ):

@@ -7,8 +7,10 @@ this registry, ``EfficientATNet`` builds the blocks it names, and the weight imp
 
 The built-in families (MN, DyMN) register themselves from their modules, ``eat_keras.models.mn`` and
 ``eat_keras.models.dymn``; those are imported on the first lookup rather than by this package's
-``__init__``, because they import the weight-import code, which itself imports ``eat_keras.models``.
-A new family is one module that calls :func:`register_arch`.
+``__init__``, because they import the weight-import code, which itself imports ``eat_keras.models``,
+and TensorFlow. Their names are known without importing them (:data:`BUILTIN_FAMILIES`), so that a
+configuration can be checked, and presets listed, without TensorFlow. A new family is one module
+that calls :func:`register_arch`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ if TYPE_CHECKING:
     from eat_keras.weights.onnx_reader import ParametricOp
     from eat_keras.weights.slots import WeightSlot
 
-BUILTIN_FAMILY_MODULES = ("eat_keras.models.mn", "eat_keras.models.dymn")
+#: built-in family name → the module that registers it
+BUILTIN_FAMILIES: Mapping[str, str] = {"mn": "eat_keras.models.mn", "dymn": "eat_keras.models.dymn"}
 
 
 def no_extra_fields(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,7 +85,11 @@ _builtins_loaded = False
 
 def register_arch(spec: ArchSpec) -> ArchSpec:
     """Add a family; its name must be new (replacing a family would change loaded models)."""
-    _load_builtin_families()  # so that a built-in name cannot be taken before it loads
+    builtin_module = BUILTIN_FAMILIES.get(spec.name)
+    if builtin_module is None:
+        _load_builtin_families()  # the built-ins first, whichever module a program imports first
+    elif getattr(spec.build_blocks, "__module__", None) != builtin_module:
+        raise ValueError(f"{spec.name!r} is a built-in model family ({builtin_module})")
     if spec.name in _REGISTRY:
         raise ValueError(f"a model family named {spec.name!r} is already registered")
     if "arch" in spec.default_config:
@@ -102,8 +109,10 @@ def _load_builtin_families() -> None:
         return
     _builtins_loaded = True  # first: the family modules' own register_arch calls must not recurse
     try:
-        for module in BUILTIN_FAMILY_MODULES:
+        for name, module in BUILTIN_FAMILIES.items():
             importlib.import_module(module)
+            if name not in _REGISTRY:
+                raise ImportError(f"{module} did not register the model family {name!r}")
     except BaseException:
         _builtins_loaded = False  # the next lookup retries and shows the same import error
         raise
@@ -116,13 +125,21 @@ def registered_archs() -> tuple[ArchSpec, ...]:
 
 
 def arch_names() -> tuple[str, ...]:
-    return tuple(spec.name for spec in registered_archs())
+    """Every family's name, in :func:`registered_archs` order; imports no family module."""
+    return tuple(dict.fromkeys([*BUILTIN_FAMILIES, *_REGISTRY]))
+
+
+def check_arch_name(name: str) -> None:
+    """ConfigError (a user's config names it) unless a family called ``name`` is registered or
+    built in; the family's module is not imported."""
+    if not isinstance(name, str) or name not in arch_names():
+        raise ConfigError(f"arch must be one of {arch_names()}, got {name!r}")
 
 
 def get_arch(name: str) -> ArchSpec:
     """The family called ``name``; ConfigError (a user's config names it) when there is none."""
+    check_arch_name(name)
     _load_builtin_families()
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"arch must be one of {arch_names()}, got {name!r}") from None
+    if name not in _REGISTRY:  # a built-in family that was unregistered
+        raise ConfigError(f"arch must be one of {tuple(_REGISTRY)}, got {name!r}")
+    return _REGISTRY[name]
