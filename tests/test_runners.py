@@ -223,3 +223,30 @@ def test_a_registered_runner_kind_runs_its_artifacts(tmp_path):
     finally:
         runners.RUNNER_KINDS.remove(kind)
     assert kind not in runners.RUNNER_KINDS
+
+
+def test_a_fine_tuned_models_export_carries_its_training_window(artifacts, tmp_path, capsys):
+    """export writes a file of the training clip length by default; verify of the model against it
+    reports, for both sides, the accuracy evaluate reports for the model."""
+    data = tmp_path / "data"
+    for i, name in enumerate(NAMES):
+        (data / name).mkdir(parents=True)
+        for j in range(2):
+            noise = np.random.default_rng(10 * i + j).normal(0, 0.05 * (i + 1), 5 * SR).astype(np.float32)
+            sf.write(data / name / f"{j}.wav", noise, SR)
+    flags = ["--format", "tflite", "--quantization", "float32", "--no-logmel", "--no-metadata"]
+    assert main(["export", str(artifacts["folder"]), "--out", str(tmp_path / "out"), *flags]) == 0
+    files = sorted(p.name for p in (tmp_path / "out" / "tiny" / "tflite").glob("*.tflite"))
+    assert files == ["tiny_10s_float32.tflite", "tiny_1s_float32.tflite", "tiny_2s_float32.tflite"]
+    capsys.readouterr()
+    assert main(["evaluate", str(artifacts["folder"]), str(data), "--out", str(tmp_path / "eval")]) == 0
+    evaluated = capsys.readouterr().out
+    (line,) = [line for line in evaluated.splitlines() if line.lower().startswith("accuracy")]
+    accuracy = float(line.split()[1])
+    two_seconds = tmp_path / "out" / "tiny" / "tflite" / "tiny_2s_float32.tflite"
+    assert main(["verify", str(artifacts["folder"]), str(two_seconds), str(data)]) == 0
+    out = capsys.readouterr().out
+    accuracies = [float(line.rsplit("accuracy ", 1)[1]) for line in out.splitlines() if ": accuracy " in line]
+    assert accuracies == [accuracy, accuracy]
+    difference = float(out.split("max |logit A - logit B|: ")[1].split()[0])
+    assert difference < 1e-3  # compared: both ran at 2 s

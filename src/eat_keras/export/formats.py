@@ -148,8 +148,9 @@ def add_tflite_flags(group: Any) -> None:
         export_options.DEFAULT_WINDOW_SECONDS, export_options.DEFAULT_QUANTIZATIONS, export_options.DEFAULT_OUTPUTS
     )  # fmt: skip
     group.add_argument(
-        "--window-seconds", nargs="+", type=float, default=list(windows), metavar="S",
-        help=f"fixed input window(s) in seconds, one file per window (default: {_words(windows)})",
+        "--window-seconds", nargs="+", type=float, metavar="S",
+        help=f"fixed input window(s) in seconds, one file per window (default: {_words(windows)}, plus a "
+        "fine-tuned model's training clip length)",
     )  # fmt: skip
     group.add_argument(
         "--quantization", nargs="+", choices=export_options.QUANTIZATIONS, metavar="Q",

@@ -463,12 +463,20 @@ def _description(tagger: AudioTagger, name: str, input_desc: str, quantization: 
     )
 
 
+def default_windows(tagger: AudioTagger) -> tuple[float, ...]:
+    """1 s and 10 s (short events, AudioSet clips), plus a fine-tuned model's training clip length."""
+    windows = tuple(DEFAULT_WINDOW_SECONDS)
+    if tagger.clip_seconds and tagger.clip_seconds not in windows:
+        windows += (tagger.clip_seconds,)
+    return windows
+
+
 def export_tflite(
     tagger: AudioTagger,
     out_dir: str | Path,
     name: str,
     *,
-    window_seconds: Sequence[float] = DEFAULT_WINDOW_SECONDS,
+    window_seconds: Sequence[float] | None = None,
     quantizations: Sequence[str] | None = None,
     calibration_files: Sequence[str | Path] = (),
     max_calibration_windows: int = DEFAULT_CALIBRATION_WINDOWS,
@@ -479,6 +487,8 @@ def export_tflite(
 ) -> list[TFLiteArtifact]:
     """Write the TFLite files of ``tagger`` into ``<out_dir>/<name>/tflite/`` and describe them.
 
+    ``window_seconds`` defaults to :func:`default_windows`: 1 s and 10 s, plus the training clip
+    length of a fine-tuned model, so that the deployed file is evaluated as training evaluated it.
     ``quantizations`` defaults to float32, float16 and dynamic_int8, plus int8 when
     ``calibration_files`` are given. With ``log_mel``, each window also gets a log-mel-input file
     with the same number of frames. ``outputs`` must start with ``scores``. ``metadata`` needs the
@@ -488,6 +498,7 @@ def export_tflite(
     """
     if not tagger.class_names:
         raise TFLiteExportError("the tagger needs class names to be exported")
+    window_seconds = default_windows(tagger) if window_seconds is None else window_seconds
     outputs = tuple(outputs)
     if not outputs or outputs[0] != "scores" or len(set(outputs)) != len(outputs) or not set(outputs) <= set(OUTPUTS):
         raise TFLiteExportError(f"outputs must start with 'scores' and be distinct names from {OUTPUTS}; got {outputs}")
