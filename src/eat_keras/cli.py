@@ -1,4 +1,7 @@
-"""``eat-keras`` command line: convert, tag, presets.
+"""``eat-keras`` command line: presets, convert, tag, export, prepare, finetune, evaluate, verify.
+
+Each sub-command is a ``cmd_*`` function and an ``_add_*_parser`` function; the finetune flags come
+from :class:`~eat_keras.train.config.FinetuneConfig`, the export flags from the export table.
 
 Errors caused by input (a missing or corrupt file, an unknown model, a mismatching checkpoint) are
 printed as one line ``eat-keras: error: ...`` and give a non-zero exit; when tagging several files,
