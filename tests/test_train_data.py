@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import soundfile as sf
 
 import eat_keras.train.data as data_module
-from eat_keras.errors import AudioError, EatKerasError
+from eat_keras.errors import AudioError, ConfigError, EatKerasError
 from eat_keras.train.data import (
     AudioCache,
     Example,
@@ -21,6 +22,8 @@ from eat_keras.train.data import (
     check_no_leakage,
     class_counts,
     class_names_of,
+    compile_group_pattern,
+    groups_from_names,
     make_dataset,
     read_dataset,
     read_esc50_manifest,
@@ -153,6 +156,96 @@ def test_read_dataset_tells_the_layout_and_keeps_folds(tmp_path: Path, shared_di
     (tmp_path / "list.txt").write_text("path,label\n")
     with pytest.raises(EatKerasError, match="expected a folder of class folders or a CSV manifest"):
         read_dataset(tmp_path / "list.txt")
+
+
+ESC_NAMES = "{fold}-{group}-{take}-{class}"  # ESC-50's 1-100038-A-14.wav: fold, recording, take, class
+
+
+def _clips_of_recordings(root: Path, recordings: int = 6, takes: str = "ABC") -> dict[str, str]:
+    """``root/<class>/<fold>-<recording>-<take>-<class id>.wav``: several clips cut from each
+    recording, as ESC-50 names them; returns each file's recording. The files hold distinct bytes,
+    not audio: reading and splitting decode nothing."""
+    recording_of = {}
+    for class_id, label in enumerate(("dog", "rain")):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for r in range(recordings):
+            source = str(100000 + 37 * r + class_id)
+            for take in takes:
+                path = root / label / f"{r % 5 + 1}-{source}-{take}-{class_id}.wav"
+                path.write_bytes(path.name.encode())
+                recording_of[str(path.resolve())] = source
+    return recording_of
+
+
+def _sides_per_recording(splits: dict[str, list[Example]], recording_of: dict[str, str]) -> dict[str, set[str]]:
+    sides: dict[str, set[str]] = defaultdict(set)
+    for side, items in splits.items():
+        for e in items:
+            sides[recording_of[e.path]].add(side)
+    return sides
+
+
+def test_a_group_pattern_keeps_a_recordings_clips_on_one_side(tmp_path: Path) -> None:
+    recording_of = _clips_of_recordings(tmp_path)
+    grouped = read_folder_dataset(tmp_path, group_pattern=ESC_NAMES)
+    assert {e.path: e.group for e in grouped} == recording_of
+    seeds = range(6)
+    for seed in seeds:
+        splits = split_examples(grouped, val_fraction=0.3, test_fraction=0.2, seed=seed)
+        assert all(len(sides) == 1 for sides in _sides_per_recording(splits, recording_of).values()), seed
+        check_no_leakage(splits)
+    # without the pattern, the clips of one recording land on different sides
+    plain = read_folder_dataset(tmp_path)
+    assert all(e.group is None for e in plain)
+    split_apart = [
+        recording for seed in seeds
+        for recording, sides in _sides_per_recording(split_examples(plain, 0.3, 0.2, seed), recording_of).items()
+        if len(sides) > 1
+    ]  # fmt: skip
+    assert split_apart
+    # a regular expression with a named group says the same; read_dataset passes the pattern on
+    assert read_dataset(tmp_path, group_pattern=r"\d+-(?P<group>\d+)-[A-Z]-\d+") == grouped
+
+
+def test_a_group_pattern_reads_esc50_names_as_the_manifest_groups_them(esc10: list[Example], shared_dir: Path) -> None:
+    """ESC-10's meta CSV gives each clip its Freesound recording (src_file); the pattern reads the same
+    group from the file name (with the extension: 1-100032-A-0.flac)."""
+    assert read_dataset(shared_dir / "data" / "esc10" / "esc10.csv", group_pattern=ESC_NAMES) == esc10
+    named = [dataclasses.replace(e, group=None) for e in esc10]
+    assert groups_from_names(named, ESC_NAMES) == esc10
+
+
+def test_group_pattern_faults_are_one_line_and_name_a_file(tmp_path: Path) -> None:
+    _clips_of_recordings(tmp_path / "data")
+    (tmp_path / "data" / "dog" / "field recording.wav").write_bytes(b"x")
+    with pytest.raises(EatKerasError, match=r"does not match the names of 1 of 37 files, e\.g\. .*field recording\.wav") as caught:
+        read_folder_dataset(tmp_path / "data", group_pattern=ESC_NAMES)
+    assert "\n" not in str(caught.value)
+    for bad in ("{fold}-{take}", "{group}-{group}", "(?P<group>[0-9"):
+        with pytest.raises(ConfigError, match="group pattern"):
+            compile_group_pattern(bad)
+    manifest = tmp_path / "list.csv"  # a manifest's group that the file name contradicts
+    manifest.write_text("path,label,group\n1-100-A-0.wav,dog,200\n")
+    with pytest.raises(EatKerasError, match="the manifest gives group '200', the group pattern '100'"):
+        read_dataset(manifest, group_pattern=ESC_NAMES)
+
+
+def test_finetune_takes_the_groups_of_its_group_pattern(tmp_path: Path) -> None:
+    from cli_process import run_cli
+
+    from eat_keras.train.config import FinetuneConfig
+    from eat_keras.train.fit import _checked_splits
+
+    recording_of = _clips_of_recordings(tmp_path / "data")
+    config = FinetuneConfig(group_pattern=ESC_NAMES, val_fraction=0.3, test_fraction=0.2)
+    splits, _, _ = _checked_splits(read_folder_dataset(tmp_path / "data"), config)
+    assert all(e.group == recording_of[e.path] for items in splits.values() for e in items)
+    assert all(len(sides) == 1 for sides in _sides_per_recording(splits, recording_of).values())
+    # the command line refuses a pattern without {group} in one line, before it writes anything
+    out = tmp_path / "run"
+    result = run_cli(["finetune", str(tmp_path / "data"), "--out", str(out), "--group-pattern", "{fold}-{take}"])
+    assert result.returncode == 2 and len(result.error_lines) == 1, result.stderr
+    assert "must mark the recording once" in result.error_lines[0] and not out.exists()
 
 
 def test_class_counts_rejects_unknown_labels() -> None:

@@ -70,7 +70,9 @@ def _assert_best_is_the_best_logged_epoch(result, monitor):
 
 @pytest.mark.slow
 def test_training_lowers_the_loss_and_saves_the_best(short_run):
-    losses = [row["train_loss"] for row in short_run.history]
+    # the validation loss: the training loss of three epochs of three small batches, with dropout
+    # and a contrastive term, goes up as often as down from one seed to the next
+    losses = [row["val_loss"] for row in short_run.history]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert (short_run.best_dir / "eat_keras.json").is_file()
     rows = _log(short_run.out_dir / "log.csv")
@@ -183,7 +185,9 @@ def test_export_tag_and_verify_the_fine_tuned_model(short_run, shared_dir, tmp_p
     for artifact in (out / "esc3" / "1", out / "esc3" / "tflite" / "esc3_2s_float32.tflite"):
         assert main(["verify", str(short_run.best_dir), str(artifact), str(manifest)]) == 0
         text = capsys.readouterr().out
-        accuracies = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:2] in ("A ", "B ")]
+        # "A name: window ..., each file's windows averaged", then "A name accuracy"
+        scored = [line for line in text.splitlines() if line[:2] in ("A ", "B ") and not line.endswith("averaged")]
+        accuracies = [float(line.rsplit(" ", 1)[1]) for line in scored]
         assert len(accuracies) == 2 and accuracies[0] == accuracies[1], text
         assert "difference B - A: +0.0000" in text and "top-1 agreement: 1.0000" in text, text
         # the artifact's logits (a TFLite file's from its softmax scores) are the model's

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from eat_keras.errors import ConfigError
+from eat_keras.models.config import LABEL_TYPES
 from eat_keras.tagging import MIN_SECONDS
 from eat_keras.train.loss_table import (
     DEFAULT_LOSS_TERMS,
@@ -27,7 +28,6 @@ __all__ = ["LABEL_TYPES", "MAX_CLIP_SECONDS", "MONITORS", "FinetuneConfig"]
 
 # monitored metric → which of two values is better
 MONITORS = {"val_accuracy": max, "val_macro_f1": max, "val_loss": min}
-LABEL_TYPES = ("single_label", "multi_label")
 #: The longest evaluation or training clip: a batch of clips is held in memory at once.
 MAX_CLIP_SECONDS = 60.0
 
@@ -90,7 +90,12 @@ class FinetuneConfig:
     test_fraction: float = _option(0.0, "share of each class held out for testing")
     val_folds: list[str] | None = _option(None, "folds for validation (manifests with a fold column)")
     test_folds: list[str] | None = _option(None, "folds held out for testing")
-    seed: int = _option(0, "seed of the split, the data order and the augmentations")
+    group_pattern: str | None = _option(
+        None, "take each file's group (its source recording, kept on one side of the split) from its name: a "
+        "template where {group} marks the recording and any other {name} any other part, e.g. "
+        "'{fold}-{group}-{take}-{class}' for ESC-50's 1-100038-A-14.wav, or a regex with (?P<group>...)",
+    )  # fmt: skip
+    seed: int = _option(0, "seed of the split, the data order, the new head and the augmentations")
     monitor: str = _option("val_macro_f1", "validation metric that picks the best epoch", choices=tuple(MONITORS))
     patience: int = _option(10, "early stopping: epochs without improvement")
     tensorboard: bool = _option(False, "also write TensorBoard summaries into the run folder")
@@ -121,6 +126,9 @@ class FinetuneConfig:
                 f"clip_seconds must be between {MIN_SECONDS:g} and {MAX_CLIP_SECONDS:g} s, got {self.clip_seconds:g}"
             )
         check_loss_terms(self.loss_terms)
+        # the pattern itself is checked against the file names, when the data are read
+        if self.group_pattern is not None and not isinstance(self.group_pattern, str):
+            raise ConfigError(f"group_pattern must be a string, got {self.group_pattern!r}")
         check_loss_settings(self.loss_settings)
 
     @property

@@ -27,6 +27,7 @@ import hashlib
 import itertools
 import math
 import os
+import re
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -52,6 +53,8 @@ __all__ = [
     "check_unique_files",
     "class_counts",
     "class_names_of",
+    "compile_group_pattern",
+    "groups_from_names",
     "make_dataset",
     "manifest_columns",
     "read_esc50_manifest",
@@ -98,12 +101,13 @@ class Example:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def read_folder_dataset(root: str | os.PathLike[str]) -> list[Example]:
+def read_folder_dataset(root: str | os.PathLike[str], group_pattern: str | None = None) -> list[Example]:
     """Read the layout ``root/<class>/**/<file>``: the class is the sub-folder name.
 
     Audio files are recognised by extension, case-insensitively (:data:`AUDIO_EXTENSIONS`; the seed
     recipe only saw lower-case ``*.wav``). Hidden files and folders (``.*``, e.g. macOS ``._x.wav``)
-    are skipped. Paths are resolved; the result is sorted by class, then path.
+    are skipped. Paths are resolved; the result is sorted by class, then path. ``group_pattern``
+    gives each file the group its name holds (:func:`groups_from_names`).
     """
     root_path = Path(root).expanduser()
     if not root_path.is_dir():
@@ -120,7 +124,7 @@ def read_folder_dataset(root: str | os.PathLike[str]) -> list[Example]:
             f"{root_path}: no audio files in any class sub-folder (expected root/<class>/<file> "
             f"with one of {', '.join(sorted(AUDIO_EXTENSIONS))})"
         )
-    return examples
+    return groups_from_names(examples, group_pattern)
 
 
 def read_manifest(
@@ -168,12 +172,13 @@ def read_esc50_manifest(
 
 
 def read_dataset(
-    path: str | os.PathLike[str], folds: Iterable[str | int] | None = None
+    path: str | os.PathLike[str], folds: Iterable[str | int] | None = None, group_pattern: str | None = None
 ) -> list[Example]:
     """Read a data set in whichever layout ``path`` has: a folder with one sub-folder per class
     (:func:`read_folder_dataset`), an ESC-50 style meta CSV (columns ``filename``, ``category``,
     ``fold``: :func:`read_esc50_manifest`, audio in ``audio/`` beside the CSV or beside its folder)
-    or any other CSV manifest (:func:`read_manifest`). ``folds`` keeps only those folds."""
+    or any other CSV manifest (:func:`read_manifest`). ``folds`` keeps only those folds;
+    ``group_pattern`` gives each file the group its name holds (:func:`groups_from_names`)."""
     source = Path(path).expanduser()
     if source.is_dir():
         examples = read_folder_dataset(source)
@@ -195,7 +200,72 @@ def read_dataset(
         examples = [e for e in examples if e.fold in wanted]
     if not examples:
         raise EatKerasError(f"{path}: no labelled audio files{' in folds ' + ','.join(sorted(wanted)) if wanted else ''}")
-    return examples
+    return groups_from_names(examples, group_pattern)
+
+
+# --- groups from file names ------------------------------------------------------------------
+
+_TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+def compile_group_pattern(pattern: str) -> re.Pattern[str]:
+    """The regular expression of a group pattern: a regex with a ``(?P<group>...)`` as it is, else
+    a template such as ``{fold}-{group}-{take}-{class}``, where ``{group}`` marks the part of the
+    name that names the recording, any other ``{name}`` (or ``{}``) stands for any other part, and
+    the rest matches itself. Each field takes at least one character and as few as it can, up to
+    the text after it, so ``{fold}-{group}-{take}-{class}`` reads ``1-100038-A-14`` as fold 1, group
+    100038, take A, class 14. :class:`ConfigError` for a pattern that names no group or does not
+    compile."""
+    if "(?P<group>" in pattern:
+        regex = pattern
+    else:
+        fields = _TEMPLATE_FIELD.findall(pattern)
+        if [f.strip() for f in fields].count("group") != 1:
+            raise ConfigError(
+                f"group pattern {pattern!r} must mark the recording once, as {{group}} in a template "
+                "(e.g. '{fold}-{group}-{take}-{class}') or as (?P<group>...) in a regular expression"
+            )
+        pieces = _TEMPLATE_FIELD.split(pattern)  # literal, field, literal, field, ..., literal
+        regex = "".join(
+            re.escape(piece) if i % 2 == 0 else "(?P<group>.+?)" if piece.strip() == "group" else ".+?"
+            for i, piece in enumerate(pieces)
+        )
+    try:
+        return re.compile(regex)
+    except re.error as exc:
+        raise ConfigError(f"group pattern {pattern!r} is not a valid regular expression ({exc})") from None
+
+
+def groups_from_names(examples: list[Example], pattern: str | None) -> list[Example]:
+    """``examples`` with the group their file name holds by ``pattern`` (:func:`compile_group_pattern`;
+    ``None``: unchanged), so that a split keeps the clips cut from one recording on one side.
+
+    The pattern must match the whole name without its extension (``1-100038-A-14`` of
+    ``1-100038-A-14.wav``), or the whole name. A name it does not match, a group it leaves empty,
+    or a manifest's group that the name contradicts is an :class:`EatKerasError` naming the file.
+    """
+    if pattern is None:
+        return examples
+    regex = compile_group_pattern(pattern)
+    grouped, unmatched = [], []
+    for e in examples:
+        name = Path(e.path).name
+        match = regex.fullmatch(Path(name).stem) or regex.fullmatch(name)
+        if match is None or not match.group("group"):
+            unmatched.append(e.path)
+            continue
+        if e.group is not None and e.group != match.group("group"):
+            raise EatKerasError(
+                f"{e.path}: the manifest gives group {e.group!r}, the group pattern {match.group('group')!r}; "
+                "leave out the group pattern or the manifest's group column"
+            )
+        grouped.append(dataclasses.replace(e, group=match.group("group")))
+    if unmatched:
+        raise EatKerasError(
+            f"group pattern {pattern!r} does not match the names of {len(unmatched)} of {len(examples)} files, "
+            f"e.g. {unmatched[0]} (it must match the whole name, without or with the extension)"
+        )
+    return grouped
 
 
 def manifest_columns(csv_path: str | os.PathLike[str]) -> list[str]:

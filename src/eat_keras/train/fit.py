@@ -7,10 +7,11 @@ One run lives in one output folder:
 - ``split.csv`` / ``split_report.txt``: every file's side and per-class counts (leak-checked); a
   resumed start whose data give another split is refused;
 - ``checkpoints/``: model, optimizers, RNG, data-epoch and early-stopping state after each epoch.
-  Starting the same command again after a kill resumes from the last one and loses at most the
-  epoch in flight; starting a finished (or early-stopped) run again trains nothing;
+  Starting the same command again after a kill resumes from the last one, redoes the epoch in
+  flight and ends with the weights and log of an uninterrupted run; starting a finished (or
+  early-stopped) run again trains nothing, unless ``epochs`` grew (:meth:`_RunFolder.claim`);
 - ``log.csv`` (and ``tensorboard/`` when asked): per-epoch loss terms, learning rate, validation
-  accuracy, macro-F1 and loss;
+  accuracy, macro-F1 and loss (no wall-clock times, so that reruns compare line by line);
 - ``best/``: the eat-keras model folder of the best epoch by the monitored validation metric, with
   the class names: ``eat-keras export`` / ``tag`` / ``evaluate`` take it as it is.
 
@@ -60,6 +61,7 @@ from eat_keras.train.data import (
     check_no_leakage,
     class_counts,
     class_names_of,
+    groups_from_names,
     make_dataset,
     split_examples,
     split_report,
@@ -288,7 +290,9 @@ def _checked_splits(
     examples: Sequence[Example], config: FinetuneConfig
 ) -> tuple[dict[str, list[Example]], list[str], np.ndarray]:
     """The leak-checked split, the class names and the training counts; refuses a split that
-    cannot train (a class without training files) or select a best epoch (no validation files)."""
+    cannot train (a class without training files) or select a best epoch (no validation files).
+    With ``config.group_pattern`` the files' groups come from their names."""
+    examples = groups_from_names(list(examples), config.group_pattern)
     splits = split_examples(
         examples, config.val_fraction, config.test_fraction, config.seed, config.test_folds, config.val_folds
     )
@@ -328,6 +332,25 @@ def _diverged(run: _RunFolder, epoch: int, what: str, learning_rate: float) -> E
     return EatKerasError(
         f"training diverged in epoch {epoch + 1}: {what} (learning rate {learning_rate:g}); {kept}"
     )
+
+
+@contextlib.contextmanager
+def _deterministic_ops() -> Iterator[None]:
+    """TensorFlow's op determinism for the length of a run on CPUs: tf.data keeps its order and a
+    kernel without a deterministic implementation raises instead of varying from run to run. It
+    stays off where a GPU is visible: TensorFlow has refused the filter gradient of a depthwise
+    convolution (every MN block has one) on GPUs under op determinism, for want of a deterministic
+    kernel. The switch is process-wide, so a run that turned it on turns it off after."""
+    from tensorflow.python.framework import config as tf_config  # the only way to turn it off
+
+    if tf_config.is_op_determinism_enabled() or tf.config.list_logical_devices("GPU"):
+        yield
+        return
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        tf_config.disable_op_determinism()
 
 
 @dataclasses.dataclass
@@ -653,7 +676,13 @@ def finetune(
     cache: AudioCache | None = None,
     verbose: bool = True,
 ) -> FinetuneResult:
-    """Fine-tune ``config.model`` on ``examples``; resumes when ``out_dir`` holds the same run."""
+    """Fine-tune ``config.model`` on ``examples``; resumes when ``out_dir`` holds the same run.
+
+    One command, data and seed give one ``log.csv`` and one set of weights on one CPU machine, and
+    a resumed run ends as the uninterrupted one would: the call seeds the global RNGs and runs with
+    TensorFlow's op determinism on (both process-wide; determinism is switched back off after). On
+    a GPU determinism stays off (see ``_deterministic_ops``): reruns agree only approximately.
+    """
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if verbose else (lambda msg: None)
     strategy = strategy or tf.distribute.get_strategy()
     cache = cache or AudioCache()
@@ -665,13 +694,13 @@ def finetune(
     if former_epochs is not None:
         say(f"{run.root}: the run now trains {config.epochs} epochs instead of {former_epochs}")
     say(run.record_split(inputs.splits, resuming))
-    state = _training_state(base, inputs.class_names, config, strategy)
-    del base
-    manager = _restored(state, run, resuming, say)
-
-    training = _Training(config, run, inputs, state, strategy, cache, say)
-    history = training.run_epochs(manager, verbose)
-    if history and int(state.best_epoch) == 0:
-        raise EatKerasError(f"no epoch gave a finite {config.monitor}: nothing was saved as {run.best}")
-    test_report = training.test_best()
+    with _deterministic_ops():
+        state = _training_state(base, inputs.class_names, config, strategy)
+        del base
+        manager = _restored(state, run, resuming, say)
+        training = _Training(config, run, inputs, state, strategy, cache, say)
+        history = training.run_epochs(manager, verbose)
+        if history and int(state.best_epoch) == 0:
+            raise EatKerasError(f"no epoch gave a finite {config.monitor}: nothing was saved as {run.best}")
+        test_report = training.test_best()
     return FinetuneResult(run.root, run.best, int(state.best_epoch), float(state.best), history, test_report)
