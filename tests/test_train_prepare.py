@@ -380,3 +380,29 @@ def test_reader_memory_does_not_grow_with_the_number_of_files(tmp_path: Path) ->
     # the reader holds a shuffle buffer and a few batches: ten times the files add far less than their
     # audio (holding it, even as int16, would add at least half of it)
     assert after_many - after_few < decoded_bytes / 3, (after_few, after_many, decoded_bytes)
+
+
+def test_prepare_takes_groups_from_file_names(tmp_path: Path) -> None:
+    """--group-pattern as in finetune: each recording's clips land on one side of the split."""
+    import json
+
+    import soundfile as sf
+
+    from eat_keras.cli import main
+
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for label in ("dog", "rain"):
+        (data / label).mkdir(parents=True)
+        for recording in range(4):
+            for take in "ABC":
+                sf.write(data / label / f"{label}{recording}-{take}.wav", rng.normal(0, 0.1, 16000).astype(np.float32), 32000)
+    flags = ["--val-fraction", "0.5", "--min-shards", "1", "--group-pattern", "{group}-{take}"]
+    assert main(["prepare", str(data), "--out", str(tmp_path / "out"), *flags]) == 0
+    examples = json.loads((tmp_path / "out" / "prepared.json").read_text())["examples"]
+    sides: dict[str, set[str]] = {}
+    for example in examples:
+        assert example["group"] == Path(example["path"]).stem.split("-")[0]
+        sides.setdefault(example["group"], set()).add(example["split"])
+    assert len(sides) == 8 and all(len(split) == 1 for split in sides.values())
+    assert {next(iter(split)) for split in sides.values()} == {"train", "val"}

@@ -11,6 +11,7 @@ the others are still tagged.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -431,7 +432,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, val_folds=args.val_folds,
         test_folds=args.test_folds, files_per_shard=args.files_per_shard, min_shards=args.min_shards,
     )  # fmt: skip
-    examples = read_dataset(args.data)
+    examples = read_dataset(args.data, group_pattern=args.group_pattern)  # finetune's groups, so its split
     prepared = prepare(
         examples, args.out, settings, processes=args.processes, on_error=args.on_error, source=str(Path(args.data).resolve())
     )
@@ -468,6 +469,8 @@ def _add_prepare_parser(sub: Any) -> None:
     p.add_argument("--val-folds", nargs="+", help="folds for validation (manifests with a fold column)")
     p.add_argument("--test-folds", nargs="+", help="folds held out for testing")
     p.add_argument("--seed", type=int, default=split.seed, help="seed of the split (default: %(default)s)")
+    group_help = next(f.metadata["help"] for f in dataclasses.fields(FinetuneConfig) if f.name == "group_pattern")
+    p.add_argument("--group-pattern", help=group_help)
     p.set_defaults(func=cmd_prepare)
 
 
