@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_process import run_cli
-from tiny_training import CLASSES, PER_CLASS, SR, save_tiny_model, write_class_folders
+from tiny_training import CLASSES, PER_CLASS, SR, tiny_finetune_config, tiny_model, write_class_folders  # noqa: F401
 
 import eat_keras.train.fit as fit_module
 from eat_keras.errors import ConfigError, EatKerasError
@@ -38,17 +38,8 @@ def data_root(tmp_path_factory) -> Path:
     return write_class_folders(tmp_path_factory.mktemp("data"))
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
-
-
 def _config(model: Path, **changes) -> FinetuneConfig:
-    base = dict(
-        model=str(model), clip_seconds=1.0, batch_size=2, epochs=2, learning_rate=1e-3, warmup_epochs=0,
-        val_fraction=0.34, mixup_alpha=0.0, patience=5,
-    )
-    return FinetuneConfig(**{**base, **changes})
+    return tiny_finetune_config(model, **{"val_fraction": 0.34, "mixup_alpha": 0.0, **changes})
 
 
 def _manifest(path: Path, lines: list[str]) -> Path:

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 from tensorflow.python.framework import config as tf_config
-from tiny_training import save_tiny_model, write_class_folders
+from tiny_training import tiny_finetune_config, tiny_model, write_class_folders  # noqa: F401
 from tolerances import OP_RTOL, assert_close
 
 import eat_keras.train.fit as fit_module
@@ -36,17 +36,9 @@ def data_root(tmp_path_factory) -> Path:
     return write_class_folders(tmp_path_factory.mktemp("data"), per_class=4)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
-
-
 def _config(model: Path, **changes) -> FinetuneConfig:
-    base = dict(
-        model=str(model), clip_seconds=1.0, batch_size=2, epochs=2, learning_rate=1e-3, warmup_epochs=0,
-        val_fraction=0.25, mixup_alpha=0.3, freqm=4, timem=8, patience=5,
-    )  # fmt: skip
-    return FinetuneConfig(**{**base, **changes})
+    settings = {"val_fraction": 0.25, "mixup_alpha": 0.3, "freqm": 4, "timem": 8}  # every random draw in use
+    return tiny_finetune_config(model, **{**settings, **changes})
 
 
 def _run(data_root: Path, out: Path, config: FinetuneConfig) -> Path:

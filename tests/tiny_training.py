@@ -5,8 +5,10 @@ MN width 0.1 with 32 mel bins."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 SR = 32000
@@ -42,3 +44,21 @@ def save_tiny_model(folder: Path) -> Path:
     config = ModelConfig(width_mult=0.1, num_classes=2, frontend=FrontendConfig(n_mels=32))
     save_tagger(build_tagger(config, ["a", "b"]), folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """The tiny model as a folder, once per test module (import the fixture to use it)."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+def tiny_finetune_config(model: Path, **changes: Any) -> Any:
+    """A FinetuneConfig that trains the tiny model in seconds: 1 s clips, batches of two, two epochs
+    at a fixed learning rate; ``changes`` override any field."""
+    from eat_keras.train.config import FinetuneConfig
+
+    base = dict(
+        model=str(model), clip_seconds=1.0, batch_size=2, epochs=2, learning_rate=1e-3, warmup_epochs=0,
+        patience=5,
+    )  # fmt: skip
+    return FinetuneConfig(**{**base, **changes})

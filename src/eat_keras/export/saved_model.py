@@ -68,9 +68,8 @@ def frozen(fn: Callable[..., Any], *input_specs: tf.TensorSpec) -> Callable[...,
 
     Why: TensorFlow's oneDNN convolutions and matmuls choose their fast blocked kernels (brgconv,
     brgemm) only for constant weights; weights read from variables fall back to im2col + GEMM, and
-    the BatchNorm folding is recomputed on every call. Measured for mn04_as, 10 s, batch 1, oneDNN
-    on (2026-11-26): 32 ms per call with variables, 16 ms with constants (the v1 session TF Serving
-    uses: 31 and 16 ms). Grappler folds the BatchNorm arithmetic into the constants once, when a
+    the BatchNorm folding is recomputed on every call: constants about halve the time of a call
+    (docs/design.md). Grappler folds the BatchNorm arithmetic into the constants once, when a
     signature first runs."""
     concrete = tf.function(fn).get_concrete_function(*input_specs)
     constant = convert_variables_to_constants_v2(concrete)

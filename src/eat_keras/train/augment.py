@@ -1,6 +1,6 @@
 """Batch augmentations for fine-tuning, as TF ops vectorised over the batch (no Python loops).
 
-Upstream ESC-50 (spec §7.1) applies, per example: an integer gain in dB, a circular time roll, and
+Upstream's ESC-50 fine-tuning applies, per example: an integer gain in dB, a circular time roll, and
 mixup on the log-mel spectrograms. These are :func:`random_gain`, :func:`time_roll` and
 :func:`mixup` (which also mixes waveforms). :func:`training_log_mel` is the front-end's training
 mode (fmin/fmax jitter of the mel filterbank, frequency/time masking when ``FrontendConfig.freqm`` /
@@ -78,7 +78,7 @@ def random_gain(
     """Scale each example by ``10^(g/20)``, ``g`` a uniform integer dB in ``[−max_db, max_db)``.
 
     The half-open range is upstream's ``randint(0, 2·max_db) − max_db`` (ESC-50: −12…11 dB; the
-    seed recipe's ``gain_augment=2``: −2…1 dB). ``max_db = 0`` returns the waveform unchanged.
+    original recipe's ``gain_augment=2``: −2…1 dB; docs/design.md). ``max_db = 0`` returns the waveform unchanged.
     """
     if max_db <= 0:
         return waveform

@@ -2,8 +2,8 @@
 
 Why this module is shaped as it is:
 
-* **Splits are one partition.** The seed recipe shuffled the file list separately (and unseeded) for
-  its training and validation sets, so ~90 % of "validation" files were training files (spec §7.2).
+* **Splits are one partition.** The original recipe shuffled the file list separately (and unseeded)
+  for its training and validation sets, so most "validation" files were training files (docs/design.md).
   :func:`split_examples` assigns every file to exactly one side, deterministically from a seed,
   and by *group* when the data has groups: ESC-50 cuts several 5 s clips from one Freesound
   recording (``src_file``); putting them on both sides would measure memorisation of the recording.
@@ -104,7 +104,7 @@ class Example:
 def read_folder_dataset(root: str | os.PathLike[str], group_pattern: str | None = None) -> list[Example]:
     """Read the layout ``root/<class>/**/<file>``: the class is the sub-folder name.
 
-    Audio files are recognised by extension, case-insensitively (:data:`AUDIO_EXTENSIONS`; the seed
+    Audio files are recognised by extension, case-insensitively (:data:`AUDIO_EXTENSIONS`; the original
     recipe only saw lower-case ``*.wav``). Hidden files and folders (``.*``, e.g. macOS ``._x.wav``)
     are skipped. Paths are resolved; the result is sorted by class, then path. ``group_pattern``
     gives each file the group its name holds (:func:`groups_from_names`).

@@ -1,4 +1,4 @@
-"""Fine-tuning: a pretrained MN/DyMN backbone, a new head, the seed's loss recipe, resumable runs.
+"""Fine-tuning: a pretrained MN/DyMN backbone, a new head, the original loss recipe, resumable runs.
 
 One run lives in one output folder:
 

@@ -36,16 +36,8 @@ from eat_keras.errors import ArchitectureMismatchError, WeightFileError
 from eat_keras.models.blocks import DOWNSAMPLING_BLOCKS, MN_BLOCK_TABLE
 from eat_keras.models.registry import registered_archs
 from eat_keras.weights.architecture import width_from_channels
-from eat_keras.weights.slots import (
-    BN,
-    CONSTANT,
-    CONV_BIAS,
-    CONV_BN,
-    DYNAMIC_CONV,
-    LINEAR,
-    WeightSlot,
-    expected_source_shapes,
-)
+from eat_keras.weights import slots as slot_kinds
+from eat_keras.weights.slots import WeightSlot
 
 
 @dataclasses.dataclass
@@ -588,12 +580,12 @@ def _constant_tensors(op: ConstantOp, slot: WeightSlot, source: str) -> list[np.
 
 # slot kind → (op type it pairs with, tensors in ``slot.source_keys()`` order)
 _OP_FOR_SLOT: dict[str, tuple[type, Callable[[Any, WeightSlot, str], list[np.ndarray]]]] = {
-    CONV_BN: (ConvOp, _conv_bn_tensors),
-    CONV_BIAS: (ConvOp, _conv_bias_tensors),
-    LINEAR: (LinearOp, _linear_tensors),
-    DYNAMIC_CONV: (DynamicConvOp, _dynamic_conv_tensors),
-    BN: (BatchNormOp, _batchnorm_tensors),
-    CONSTANT: (ConstantOp, _constant_tensors),
+    slot_kinds.CONV_BN: (ConvOp, _conv_bn_tensors),
+    slot_kinds.CONV_BIAS: (ConvOp, _conv_bias_tensors),
+    slot_kinds.LINEAR: (LinearOp, _linear_tensors),
+    slot_kinds.DYNAMIC_CONV: (DynamicConvOp, _dynamic_conv_tensors),
+    slot_kinds.BN: (BatchNormOp, _batchnorm_tensors),
+    slot_kinds.CONSTANT: (ConstantOp, _constant_tensors),
 }
 
 
@@ -606,7 +598,7 @@ def state_dict_from_ops(
     remaining = list(ops)
     for slot in slots:
         keys = slot.source_keys()
-        expected = expected_source_shapes(slot)
+        expected = slot_kinds.expected_source_shapes(slot)
         if not remaining:
             raise ArchitectureMismatchError(
                 f"{source}: graph ends before {slot.prefix} (expected {slot.kind} with "
