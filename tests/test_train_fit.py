@@ -236,8 +236,8 @@ def _spied_finetune(examples, out, config, stop_after_checkpoint=False):
         dataset = real_make_dataset(*args, **kwargs)
         return dataset.map(lambda b: {**b, "index": tf.py_function(note, [b["index"], b["waveform"]], tf.int32)})
 
-    def evaluating_twice(predict, *args):
-        first, second = real_evaluate(predict, *args), real_evaluate(predict, *args)
+    def evaluating_twice(predict, *args, **kwargs):
+        first, second = real_evaluate(predict, *args, **kwargs), real_evaluate(predict, *args, **kwargs)
         seen.evaluations.append((first[1], second[1]))
         return first
 

@@ -149,7 +149,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
         window, fixed = args.window, None
 
         def tag_one(waveform: Any) -> list:
-            return tag_waveform(tagger, waveform, args.top_k, args.window, args.hop)
+            return tag_waveform(tagger, waveform, top_k=args.top_k, window_s=args.window, hop_s=args.hop)
 
     if window is not None:  # refuse bad lengths once, not once per file
         window_samples(window, args.hop, sr, fixed_window=fixed is not None)
@@ -273,7 +273,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     examples = read_dataset(args.data, args.folds)
     window = evaluation_window(runner, args.clip_seconds)
     print(f"{runner.name}: {window.describe()}, each file's windows averaged", flush=True)
-    report, _ = evaluate(runner.logits, examples, runner.class_names, window.samples, args.batch_size, progress="evaluate")
+    report, _ = evaluate(
+        runner.logits, examples, runner.class_names, window.samples, batch_size=args.batch_size, progress="evaluate"
+    )
     print(report.summary())
     out = Path(args.out) if args.out else Path(f"eval-{_model_name(args.model)}")
     for path in write_report_files(report, out):

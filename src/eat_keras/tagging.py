@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -127,15 +127,9 @@ def top_labels(scores: np.ndarray, class_names: list[str], k: int) -> list[Label
 ScoresFn = Callable[[np.ndarray], np.ndarray]  # [batch, samples] float32 → [batch, classes] scores
 
 
-def tag_waveform(
-    tagger: AudioTagger,
-    waveform: np.ndarray,
-    top_k: int = 10,
-    window_s: float | None = None,
-    hop_s: float | None = None,
-    batch_size: int = 8,
-) -> list[WindowResult]:
-    """Scores of ``waveform`` (mono, at the model's sample rate): one result, or one per window."""
+def tag_waveform(tagger: AudioTagger, waveform: np.ndarray, **options: Any) -> list[WindowResult]:
+    """Scores of ``waveform`` (mono, at the model's sample rate): one result, or one per window;
+    ``options`` (``top_k``, ``window_s``, ``hop_s``, ``batch_size``) as :func:`tag_with`."""
     import tensorflow as tf
 
     from eat_keras.models.tagger import check_sample_dtype
@@ -145,7 +139,7 @@ def tag_waveform(
     predict = tagger.predict_function_for_waveforms()
     return tag_with(
         lambda batch: predict(tf.constant(batch, tf.float32))["scores"].numpy(),
-        names, tagger.config.frontend.sample_rate, waveform, top_k, window_s, hop_s, batch_size,
+        names, tagger.config.frontend.sample_rate, waveform, **options,
     )
 
 

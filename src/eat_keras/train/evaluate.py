@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -84,16 +85,11 @@ def true_ids(examples: Sequence[Example], class_names: Sequence[str]) -> np.ndar
 
 
 def evaluate(
-    predict: PredictFn,
-    examples: Sequence[Example],
-    class_names: Sequence[str],
-    clip_samples: int,
-    batch_size: int = 16,
-    cache: AudioCache | None = None,
-    progress: str | None = None,
+    predict: PredictFn, examples: Sequence[Example], class_names: Sequence[str], clip_samples: int, **options: Any
 ) -> tuple[ClassificationReport, np.ndarray]:
-    """Report and the per-file logits it was computed from."""
-    logits = file_logits(predict, examples, class_names, clip_samples, batch_size, cache, progress)
+    """Report and the per-file logits it was computed from; ``options`` (``batch_size``, ``cache``,
+    ``progress``) as :func:`file_logits`."""
+    logits = file_logits(predict, examples, class_names, clip_samples, **options)
     report = classification_report(true_ids(examples, class_names), logits.argmax(axis=1), list(class_names))
     return report, logits
 
@@ -145,8 +141,9 @@ def verify(
     whose logits are only known up to a per-file constant (softmax scores turned back into logits)."""
     clip_a, clip_b = clip_samples if isinstance(clip_samples, tuple) else (clip_samples, clip_samples)
     cache = cache or AudioCache()
-    report_a, logits_a = evaluate(predict_a, examples, class_names, clip_a, batch_size, cache, "A" if progress else None)
-    report_b, logits_b = evaluate(predict_b, examples, class_names, clip_b, batch_size, cache, "B" if progress else None)
+    options = {"batch_size": batch_size, "cache": cache}
+    report_a, logits_a = evaluate(predict_a, examples, class_names, clip_a, progress="A" if progress else None, **options)
+    report_b, logits_b = evaluate(predict_b, examples, class_names, clip_b, progress="B" if progress else None, **options)
     agreement = float(np.mean(logits_a.argmax(axis=1) == logits_b.argmax(axis=1)))
     if centre_rows:
         logits_a = logits_a - logits_a.mean(axis=1, keepdims=True)

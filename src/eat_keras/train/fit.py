@@ -611,7 +611,7 @@ class _Training:
         try:
             report, logits = evaluate(
                 self.predict, inputs.splits["val"], inputs.class_names, inputs.clip_samples,
-                self.config.batch_size, self.cache,
+                batch_size=self.config.batch_size, cache=self.cache,
             )  # fmt: skip
         except NonFiniteLogitsError:
             raise _diverged(self.run, epoch, "the model's validation logits became non-finite", lr) from None
@@ -662,7 +662,7 @@ class _Training:
         best_fn = load_tagger_dir(self.run.best).predict_function_for_waveforms()
         report, _ = evaluate(
             lambda w: best_fn(tf.constant(w))["logits"].numpy(), self.inputs.splits["test"],
-            self.inputs.class_names, self.inputs.clip_samples, self.config.batch_size, self.cache,
+            self.inputs.class_names, self.inputs.clip_samples, batch_size=self.config.batch_size, cache=self.cache,
         )  # fmt: skip
         self.say("test (best checkpoint):\n" + report.summary())
         return report
