@@ -147,6 +147,31 @@ def test_dynamic_conv_matches_upstream_grouped_conv_in_torch():
     np.testing.assert_allclose(layer(x, context).numpy(), want, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "kernel, stride, dilation, freq, time",
+    [(3, 1, 1, 8, 9), (3, 2, 1, 8, 9), (5, 2, 1, 7, 12), (5, 2, 1, 8, 8), (5, 1, 1, 6, 5), (3, 1, 2, 9, 10)],
+)
+def test_dynamic_depthwise_training_gradients_equal_autodiff(kernel, stride, dilation, freq, time):
+    """In training the per-sample filters get their gradient from depthwise_filter_gradient; the
+    output and every gradient equal TensorFlow's own differentiation of the inference path."""
+    rng = np.random.default_rng(2)
+    layer = DynamicConv(6, kernel, strides=stride, depthwise=True, dilation=dilation)
+    x = tf.constant(rng.standard_normal((3, freq, time, 6)).astype(np.float32))
+    context = tf.constant(rng.standard_normal((3, 5)).astype(np.float32))
+    layer(x, context)
+    _randomise(layer, rng)
+
+    def forward_and_gradients(training: bool) -> list[np.ndarray]:
+        with tf.GradientTape() as tape:
+            tape.watch([x, context])
+            y = layer(x, context, training=training)
+            loss = tf.reduce_sum(y * tf.sin(y))  # an output gradient that differs position by position
+        return [t.numpy() for t in [y, *tape.gradient(loss, [x, context, *layer.trainable_variables])]]
+
+    for got, want in zip(forward_and_gradients(True), forward_and_gradients(False)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
 def test_dyrelu_reads_coefficients_channel_major():
     rng = np.random.default_rng(2)
     B, C, H = 2, 5, 3
@@ -165,6 +190,26 @@ def test_dyrelu_reads_coefficients_channel_major():
     # reading θ as [B, 4, C] would give different numbers for these weights
     wrong = theta.reshape(B, 4, C).transpose(0, 2, 1) * [1.0, 1.0, 0.5, 0.5] + [1.0, 0.0, 0.0, 0.0]
     assert not np.allclose(coef, wrong)
+
+
+def test_dyrelu_training_form_equals_the_maximum_and_its_gradients():
+    """Training computes max(u1, u2) as u2 + relu(u1 - u2); output and gradients are the maximum's."""
+    rng = np.random.default_rng(3)
+    layer = DynamicReLU()
+    x = tf.constant(rng.standard_normal((3, 4, 6, 5)).astype(np.float32) * 2.0)
+    context = tf.constant(rng.standard_normal((3, 7)).astype(np.float32))
+    layer(x, context)
+    _randomise(layer, rng)
+
+    def forward_and_gradients(training: bool) -> list[np.ndarray]:
+        with tf.GradientTape() as tape:
+            tape.watch([x, context])
+            y = layer(x, context, training=training)
+            loss = tf.reduce_sum(y * tf.sin(y))
+        return [t.numpy() for t in [y, *tape.gradient(loss, [x, context, *layer.trainable_variables])]]
+
+    for got, want in zip(forward_and_gradients(True), forward_and_gradients(False)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
 
 def test_dyrelu_with_zero_coefficients_is_relu():

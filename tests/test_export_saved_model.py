@@ -17,7 +17,7 @@ from eat_keras.loading import default_class_names
 from eat_keras.weights.loader import load_tagger_from_file
 from tolerances import NETWORK_RTOL, assert_close
 
-GOLDEN_TOL = 1e-4  # the parity maximum against upstream (tests/test_weight_import.py)
+GOLDEN_TOL = 1e-4  # the parity maximum against upstream (tests/test_weights_import.py)
 
 
 WEIGHTS = {"mn04_as": "../weights/mn04_as_mAP_432.pt", "dymn04_synth": "dymn04_synth/state_dict.pt"}

@@ -234,11 +234,13 @@ def test_finetune_takes_the_groups_of_its_group_pattern(tmp_path: Path) -> None:
     from cli_process import run_cli
 
     from eat_keras.train.config import FinetuneConfig
-    from eat_keras.train.fit import _checked_splits
+    from eat_keras.train.prepare import PrepareSettings
 
     recording_of = _clips_of_recordings(tmp_path / "data")
     config = FinetuneConfig(group_pattern=ESC_NAMES, val_fraction=0.3, test_fraction=0.2)
-    splits, _, _ = _checked_splits(read_folder_dataset(tmp_path / "data"), config)
+    settings = PrepareSettings.split_of(config)  # the split finetune prepares (the clips here are not audio)
+    examples = groups_from_names(read_folder_dataset(tmp_path / "data"), config.group_pattern)
+    splits = split_examples(examples, settings.val_fraction, settings.test_fraction, settings.seed)
     assert all(e.group == recording_of[e.path] for items in splits.values() for e in items)
     assert all(len(sides) == 1 for sides in _sides_per_recording(splits, recording_of).values())
     # the command line refuses a pattern without {group} in one line, before it writes anything

@@ -37,7 +37,7 @@ def _examples(shared_dir, per_class=10):
 def _config(shared_dir, **changes):
     base = dict(
         model=str(shared_dir / "weights" / "mn04_as_mAP_432.pt"), clip_seconds=2.0, batch_size=8,
-        epochs=3, learning_rate=1e-3, warmup_epochs=0, val_fraction=0.25, mixup_alpha=0.0, patience=5,
+        epochs=3, learning_rate=1e-3, warmup_fraction=0.0, val_fraction=0.25, mixup_alpha=0.0, patience=5,
     )
     return FinetuneConfig(**{**base, **changes})
 
@@ -159,13 +159,16 @@ def test_frozen_backbone_and_batchnorm(shared_dir, tmp_path):
     np.testing.assert_array_equal(pretrained.net.last_conv.weights[0], tuned.net.last_conv.weights[0])
 
 
-def test_learning_rate_schedule_matches_upstream():
-    config = FinetuneConfig(epochs=80)
-    # upstream exp_warmup_linear_down(10, 65, 10, 0.01): e=0 → exp(-5 (1 - 0.05)^2)
-    assert learning_rate_factor(0, config) == pytest.approx(np.exp(-5 * 0.95**2))
-    assert learning_rate_factor(10, config) == 1.0
-    assert learning_rate_factor(42, config) == pytest.approx(0.01 + 0.99 * (75 - 42) / 65)
-    assert learning_rate_factor(79, config) == 0.01
+def test_learning_rate_schedule_stretches_over_the_run():
+    """Upstream's shape (exponential warm-up, linear decay) as a function of the run's progress."""
+    config = FinetuneConfig(warmup_fraction=0.1, last_lr_factor=0.01)
+    assert learning_rate_factor(0.0, config) == pytest.approx(np.exp(-5.0))
+    assert learning_rate_factor(0.05, config) == pytest.approx(np.exp(-5 * 0.5**2))
+    assert learning_rate_factor(0.1, config) == 1.0
+    assert learning_rate_factor(0.55, config) == pytest.approx(1.0 - 0.99 * 0.5)
+    assert learning_rate_factor(1.0, config) == pytest.approx(0.01)
+    flat = FinetuneConfig(warmup_fraction=0.0, last_lr_factor=1.0)
+    assert {learning_rate_factor(p, flat) for p in np.linspace(0, 1, 11)} == {1.0}
 
 
 @pytest.mark.slow
@@ -223,22 +226,24 @@ def _spied_finetune(examples, out, config, stop_after_checkpoint=False):
     """``finetune`` with its internals observed: the training batches it draws, every validation
     evaluated twice, and the losses it builds."""
     seen = SimpleNamespace(dataset_kwargs=[], batches=[], evaluations=[], losses=[], result=None)
-    real_make_dataset, real_evaluate = fit_module.make_dataset, fit_module.evaluate
+    real_dataset, real_logits = fit_module.prepared_dataset, fit_module.dataset_logits
     real_loss = fit_module.CombinedLoss
 
     def recording_dataset(*args, **kwargs):
+        dataset = real_dataset(*args, **kwargs)
+        if kwargs["mode"] != "train":
+            return dataset
         seen.dataset_kwargs.append((args, kwargs))
 
         def note(index, waveform):
             seen.batches.append((index.numpy(), waveform.numpy()))
             return index
 
-        dataset = real_make_dataset(*args, **kwargs)
         return dataset.map(lambda b: {**b, "index": tf.py_function(note, [b["index"], b["waveform"]], tf.int32)})
 
     def evaluating_twice(predict, *args, **kwargs):
-        first, second = real_evaluate(predict, *args, **kwargs), real_evaluate(predict, *args, **kwargs)
-        seen.evaluations.append((first[1], second[1]))
+        first, second = real_logits(predict, *args, **kwargs), real_logits(predict, *args, **kwargs)
+        seen.evaluations.append((first, second))
         return first
 
     def recording_loss(*args, **kwargs):
@@ -252,8 +257,8 @@ def _spied_finetune(examples, out, config, stop_after_checkpoint=False):
         raise _Interrupted
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fit_module, "make_dataset", recording_dataset)
-        mp.setattr(fit_module, "evaluate", evaluating_twice)
+        mp.setattr(fit_module, "prepared_dataset", recording_dataset)
+        mp.setattr(fit_module, "dataset_logits", evaluating_twice)
         mp.setattr(fit_module, "CombinedLoss", recording_loss)
         if stop_after_checkpoint:
             mp.setattr(tf.train.CheckpointManager, "save", save_then_stop)
@@ -266,14 +271,19 @@ def _spied_finetune(examples, out, config, stop_after_checkpoint=False):
 
 def _stopping_config(shared_dir):
     """Mixup on, validation fold 2, test fold 3. Epoch 1 trains; from epoch 2 on the learning rate
-    is 0 and BatchNorm is frozen, so the model stays as it is, epoch 2 ties epoch 1 exactly and
+    is 0 (``_first_epoch_only``) and BatchNorm is frozen, so the model stays as it is, epoch 2 ties epoch 1 exactly and
     early stopping (patience 1) fires after it: epoch 1 is the best, epochs 3-4 never run. Cheap:
     two equal batches of 6 per epoch (one trace of the training step) and only the head trained
     (a small gradient graph; short_run trains the backbone)."""
     return _config(
         shared_dir, epochs=4, batch_size=6, mixup_alpha=0.3, val_folds=["2"], test_folds=["3"], patience=1,
-        rampdown_start=0, rampdown_epochs=1, last_lr_factor=0.0, freeze_batchnorm=True, freeze_backbone_epochs=4,
+        warmup_fraction=0.0, last_lr_factor=0.0, freeze_batchnorm=True, freeze_backbone_epochs=4,
     )
+
+
+def _first_epoch_only(progress, config):
+    """A schedule that trains the first of four epochs only."""
+    return 1.0 if progress < 0.25 else 0.0
 
 
 @pytest.fixture(scope="module")
@@ -281,11 +291,13 @@ def stopped_run(shared_dir, tmp_path_factory):
     """Start (interrupted after epoch 1), resume (epoch 2, then early stop), start again."""
     out = tmp_path_factory.mktemp("stopped")
     examples, config = _fold_examples(shared_dir), _stopping_config(shared_dir)
-    starts = [
-        _spied_finetune(examples, out, config, stop_after_checkpoint=True),
-        _spied_finetune(examples, out, config),
-        _spied_finetune(examples, out, config),
-    ]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fit_module, "learning_rate_factor", _first_epoch_only)
+        starts = [
+            _spied_finetune(examples, out, config, stop_after_checkpoint=True),
+            _spied_finetune(examples, out, config),
+            _spied_finetune(examples, out, config),
+        ]
     return SimpleNamespace(out=out, examples=examples, config=config, starts=starts)
 
 
@@ -305,17 +317,22 @@ def test_validation_is_deterministic_and_reproduced_by_best(stopped_run):
     """Validation runs the model in inference mode: two evaluations give identical logits, and
     the logged validation loss of the best epoch is what best/ gives on the validation files."""
     from eat_keras.models.saving import load_tagger_dir
-    from eat_keras.train.evaluate import file_logits, true_ids
+    from eat_keras.train.evaluate import dataset_logits, true_ids
+    from eat_keras.train.prepare import read_prepared
+    from eat_keras.train.shards import prepared_dataset
 
     evaluations = [pair for start in stopped_run.starts for pair in start.evaluations]
     assert len(evaluations) >= 3  # epoch 1, epoch 2, the test folds
     for first, second in evaluations:
         np.testing.assert_array_equal(first, second)
     result = stopped_run.starts[1].result
-    val = [e for e in stopped_run.examples if e.fold == "2"]
+    prepared = read_prepared(stopped_run.out / "prepared")
+    val = prepared.examples("val")
+    assert sorted(e.path for e in val) == sorted(e.path for e in stopped_run.examples if e.fold == "2")
     tagger = load_tagger_dir(result.best_dir)
     predict = tagger.predict_function_for_waveforms()
-    logits = file_logits(lambda w: predict(tf.constant(w))["logits"].numpy(), val, list(CLASSES), 64000, 8)
+    dataset = prepared_dataset(prepared, "val", mode="eval", clip_samples=64000, batch_size=8, class_names=CLASSES)
+    logits = dataset_logits(lambda w: predict(tf.constant(w))["logits"].numpy(), dataset, val)
     targets = tf.one_hot(true_ids(val, list(CLASSES)), len(CLASSES))
     logged = float(result.history[result.best_epoch - 1]["val_loss"])
     assert float(cross_entropy(targets, tf.constant(logits))) == pytest.approx(logged, rel=1e-4)
@@ -351,8 +368,10 @@ def test_a_resumed_run_draws_the_data_of_an_uninterrupted_run(stopped_run):
     """Epoch 2 after the interruption gets epoch 2's order and crops, not a replay of epoch 1's."""
     first, resumed = stopped_run.starts[0], stopped_run.starts[1]
     args, kwargs = first.dataset_kwargs[0]
-    uninterrupted = fit_module.make_dataset(*args, **{**kwargs, "first_epoch": 0})
-    epochs = [[(b["index"].numpy(), b["waveform"].numpy()) for b in uninterrupted] for _ in range(2)]
+    epochs = [
+        [(b["index"].numpy(), b["waveform"].numpy()) for b in fit_module.prepared_dataset(*args, **{**kwargs, "epoch": e})]
+        for e in range(2)
+    ]
     for drawn, expected in ((first.batches, epochs[0]), (resumed.batches, epochs[1])):
         assert len(drawn) == len(expected)
         for (index, waveform), (want_index, want_waveform) in zip(drawn, expected):

@@ -310,7 +310,7 @@ def test_a_registered_term_trains_two_steps_through_finetune(toy_term, tmp_path)
 
     examples = read_folder_dataset(write_class_folders(tmp_path / "data"))  # 3 files per class
     config = FinetuneConfig(
-        model=str(save_tiny_model(tmp_path / "tiny")), clip_seconds=1.0, epochs=1, warmup_epochs=0,
+        model=str(save_tiny_model(tmp_path / "tiny")), clip_seconds=1.0, epochs=1, warmup_fraction=0.0,
         batch_size=2, val_fraction=0.34, mixup_alpha=0.0, freeze_backbone_epochs=1,  # 4 training files
         loss_terms={"ce": 1.0, "toy": 0.5}, loss_settings={"toy_scale": 0.25},
     )  # fmt: skip

@@ -154,11 +154,11 @@ def test_another_length_goes_on_only_where_the_finished_epochs_keep_their_learni
     with pytest.raises(EatKerasError, match="another configuration .*epochs, learning_rate"):
         run.claim(_config(tiny_model, epochs=6, learning_rate=5e-4))
     # a schedule that stretches with the run would change the learning rate of finished epochs
-    monkeypatch.setattr(fit_module, "learning_rate_factor", lambda epoch, config: 1.0 - epoch / config.epochs)
+    monkeypatch.setattr(fit_module, "learning_rate_factor", lambda progress, config: 1.0 - 0.5 * progress)
     with pytest.raises(EatKerasError) as caught:
         run.claim(_config(tiny_model, epochs=6))
     message = str(caught.value)
-    assert "\n" not in message and "epoch 2 trained at 0.00075, would be 0.000833333" in message, message
+    assert "\n" not in message and "epoch 1 trained at 0.0009375, would be 0.000958333" in message, message
     assert f"--model {run.best} --out NEW_FOLDER" in message and "new --out folder" in message, message
     assert json.loads(run.config.read_text())["epochs"] == 4  # the refused start changed nothing
     for checkpoint in run.checkpoints.iterdir():

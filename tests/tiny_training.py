@@ -58,7 +58,7 @@ def tiny_finetune_config(model: Path, **changes: Any) -> Any:
     from eat_keras.train.config import FinetuneConfig
 
     base = dict(
-        model=str(model), clip_seconds=1.0, batch_size=2, epochs=2, learning_rate=1e-3, warmup_epochs=0,
-        patience=5,
+        model=str(model), clip_seconds=1.0, batch_size=2, epochs=2, learning_rate=1e-3, warmup_fraction=0.0,
+        last_lr_factor=1.0, patience=5,
     )  # fmt: skip
     return FinetuneConfig(**{**base, **changes})

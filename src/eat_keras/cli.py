@@ -233,13 +233,19 @@ def _finetune_config(args: argparse.Namespace):
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from eat_keras.train.data import AudioCache, read_dataset
+    from eat_keras.train.prepare import MANIFEST_NAME
 
     config = _finetune_config(args)  # bad settings and a bad manifest fail before TensorFlow is imported
-    examples = read_dataset(args.data, group_pattern=config.group_pattern)
+    _check_processes(args.processes)
+    if (Path(args.data) / MANIFEST_NAME).is_file():
+        data: Any = Path(args.data)  # prepared already: its split is the run's
+    else:
+        from eat_keras.train.data import read_dataset
+
+        data = read_dataset(args.data, group_pattern=config.group_pattern)  # a bad pattern fails before TensorFlow
     from eat_keras.train.fit import finetune
 
-    result = finetune(examples, args.out, config, _strategy(args.strategy), AudioCache(args.cache_dir))
+    result = finetune(data, args.out, config, _strategy(args.strategy), processes=args.processes, on_error=args.on_error)
     print(f"best {config.monitor} {result.best_metric:.4f} at epoch {result.best_epoch}: {result.best_dir}")
     if result.test_report is not None:
         from eat_keras.train.metrics import write_report_files
@@ -247,6 +253,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         write_report_files(result.test_report, Path(args.out) / "test_eval")
         print(result.test_report.summary())
     return 0
+
+
+def _check_processes(processes: int) -> None:
+    from eat_keras.errors import ConfigError
+
+    if processes < 1:
+        raise ConfigError(f"--processes must be at least 1; got {processes}")
 
 
 def _check_evaluation_flags(args: argparse.Namespace) -> None:
@@ -262,15 +275,38 @@ def _check_evaluation_flags(args: argparse.Namespace) -> None:
         raise ConfigError(f"--clip-seconds must be at least {MIN_SECONDS:g} s; got {args.clip_seconds:g}")
 
 
+def _evaluation_data(args: argparse.Namespace) -> Any:
+    """The files to evaluate: audio files (``--folds`` of a manifest), or one side of a prepared
+    folder (``--side``; default its test side, else its validation side), read from its shards."""
+    from eat_keras.train.prepare import MANIFEST_NAME
+
+    if not (Path(args.data) / MANIFEST_NAME).is_file():
+        from eat_keras.train.data import read_dataset
+
+        if args.side:
+            raise EatKerasError("--side selects a side of a prepared folder; use --folds for a manifest")
+        return read_dataset(args.data, args.folds)
+    from eat_keras.train.evaluate import PreparedSide
+    from eat_keras.train.prepare import read_prepared
+
+    if args.folds:
+        raise EatKerasError("--folds selects folds of a manifest; a prepared folder is evaluated by --side")
+    prepared = read_prepared(args.data)
+    side = args.side or ("test" if prepared.entries("test") else "val")
+    if not prepared.entries(side):
+        raise EatKerasError(f"{args.data}: no prepared files on the {side} side")
+    print(f"{args.data}: the {side} side, {len(prepared.entries(side))} files", flush=True)
+    return PreparedSide(prepared, side)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_evaluation_flags(args)  # before TensorFlow is imported: a typo fails at once
     from eat_keras.runners import evaluation_window, load_runner
-    from eat_keras.train.data import read_dataset
     from eat_keras.train.evaluate import evaluate
     from eat_keras.train.metrics import write_report_files
 
     runner = load_runner(args.model, args.labels)
-    examples = read_dataset(args.data, args.folds)
+    examples = _evaluation_data(args)
     window = evaluation_window(runner, args.clip_seconds)
     print(f"{runner.name}: {window.describe()}, each file's windows averaged", flush=True)
     report, _ = evaluate(
@@ -286,14 +322,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     _check_evaluation_flags(args)  # before TensorFlow is imported: a typo fails at once
     from eat_keras.runners import evaluation_window, load_runner
-    from eat_keras.train.data import read_dataset
     from eat_keras.train.evaluate import verify
 
     runner_a = load_runner(args.a, args.labels)
     runner_b = load_runner(args.b, args.labels, reference=runner_a)
     if runner_a.class_names != runner_b.class_names:
         raise EatKerasError("the two artifacts have different class names")
-    examples = read_dataset(args.data, args.folds)
+    examples = _evaluation_data(args)
     windows = [evaluation_window(runner, args.clip_seconds) for runner in (runner_a, runner_b)]
     for side, runner, window in zip("AB", (runner_a, runner_b), windows):
         print(f"{side} {runner.name}: {window.describe()}, each file's windows averaged", flush=True)
@@ -328,6 +363,11 @@ def _shown(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return " ".join(map(str, value))
     return str(value)
+
+
+def _with_default(help: str, default: Any) -> str:
+    """The help text with its default, unless the text says the default itself (one chosen from the data)."""
+    return help if "(default:" in help else f"{help} (default: {_shown(default)})"
 
 
 def _flag_options(hint: Any, default: Any) -> dict[str, Any]:
@@ -374,22 +414,23 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             options["metavar"] = "NAME=WEIGHT" if field.name == "loss_terms" else flag.lstrip("-").upper().replace("-", "_")
         (loss_group if field.name == "loss_terms" else p).add_argument(
             flag, dest=field.name, default=argparse.SUPPRESS,
-            help=f"{field.metadata['help']} (default: {_shown(default)})", **options,
+            help=_with_default(field.metadata["help"], default), **options,
         )  # fmt: skip
 
 
 def _add_finetune_parser(sub: Any) -> None:
     p = sub.add_parser(
         "finetune", help="fine-tune a pretrained model on a labelled folder or CSV manifest",
-        description="Fine-tune a pretrained model; run the same command again to resume.",
+        description="Fine-tune a pretrained model; run the same command again to resume. The audio is first "
+        "decoded once into RUN/prepared (TFRecord shards), then streamed.",
     )  # fmt: skip
     p.add_argument(
-        "data", help="folder with one sub-folder per class, CSV manifest (path,label[,group,split,fold]) "
-        "or ESC-50 style meta CSV",
+        "data", help="folder with one sub-folder per class, CSV manifest (path,label[,group,split,fold]), "
+        "ESC-50 style meta CSV, or a folder made by eat-keras prepare (its split is the run's)",
     )  # fmt: skip
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, best/); re-run to resume")
     _add_config_flags(p)
-    p.add_argument("--cache-dir", help="keep decoded 32 kHz audio here across runs (default: in memory only)")
+    _add_decoding_flags(p)
     p.add_argument(
         "--strategy", choices=("default", "mirrored", "multi_worker"), default="default",
         help="tf.distribute strategy: several GPUs (mirrored) or workers from TF_CONFIG (default: default)",
@@ -410,8 +451,9 @@ def _add_evaluation_parsers(sub: Any) -> None:
         else:
             p.add_argument("a", help="reference artifact (e.g. the fine-tuned model folder)")
             p.add_argument("b", help="artifact to check (SavedModel folder, .tflite, .onnx)")
-        p.add_argument("data", help="folder of class folders or CSV manifest")
+        p.add_argument("data", help="folder of class folders, CSV manifest, or a folder made by eat-keras prepare")
         p.add_argument("--folds", nargs="+", help="only these folds of a manifest")
+        p.add_argument("--side", choices=("train", "val", "test"), help="side of a prepared folder (default: test, else val)")
         p.add_argument("--clip-seconds", type=float, help="evaluation window (default: the training clip length)")
         p.add_argument("--batch-size", type=int, default=16, help="windows per batch (default: 16)")
         p.add_argument("--labels", help="class-name file (CSV index,mid,display_name or one name per line); overrides the artifacts' own")
@@ -424,12 +466,10 @@ def _add_presets_parser(sub: Any) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from eat_keras.errors import ConfigError
     from eat_keras.train.data import read_dataset
     from eat_keras.train.prepare import PrepareSettings, prepare
 
-    if args.processes < 1:
-        raise ConfigError(f"--processes must be at least 1; got {args.processes}")
+    _check_processes(args.processes)
     settings = PrepareSettings(
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, val_folds=args.val_folds,
         test_folds=args.test_folds, files_per_shard=args.files_per_shard, min_shards=args.min_shards,
@@ -447,6 +487,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_decoding_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--on-error", choices=("fail", "skip"), default="fail",
+        help="a file that cannot be decoded stops the run, or is named and left out (default: fail)",
+    )  # fmt: skip
+    p.add_argument("--processes", type=int, default=2, help="decoding processes (default: 2)")
+
+
 def _add_prepare_parser(sub: Any) -> None:
     from eat_keras.train.config import FinetuneConfig
     from eat_keras.train.prepare import PrepareSettings
@@ -459,11 +507,7 @@ def _add_prepare_parser(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("data", help="folder with one sub-folder per class, CSV manifest or ESC-50 style meta CSV")
     p.add_argument("--out", required=True, help="folder for the shards and prepared.json")
-    p.add_argument(
-        "--on-error", choices=("fail", "skip"), default="fail",
-        help="a file that cannot be decoded stops the run, or is named and left out (default: fail)",
-    )  # fmt: skip
-    p.add_argument("--processes", type=int, default=2, help="decoding processes (default: 2)")
+    _add_decoding_flags(p)
     p.add_argument("--files-per-shard", type=int, default=shards.files_per_shard, help="files per shard (default: %(default)s)")
     p.add_argument("--min-shards", type=int, default=shards.min_shards, help="shards per side at least, so that each worker reads its own (default: %(default)s)")
     p.add_argument("--val-fraction", type=float, default=split.val_fraction, help="share of each class held out for validation (default: %(default)s)")

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from eat_keras.models.config import ModelConfig
 
 __all__ = [
+    "NetSettings",
     "MN",
     "DyMN",
     "build_reference",
@@ -300,31 +301,58 @@ def _classifier(head_type: str, in_channels: int, hidden: int, num_classes: int,
     raise ValueError(f"unknown head_type {head_type!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class NetSettings:
+    """The constructor arguments upstream's MN and DyMN share, with upstream's defaults."""
+
+    width_mult: float = 1.0
+    strides: Sequence[int] = (2, 2, 2, 2)
+    head_type: str = "mlp"
+    num_classes: int = 527
+    dropout: float = 0.2
+    n_mels: int = 128  # input height; only used for the export's dummy input
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> NetSettings:
+        return cls(
+            width_mult=config.width_mult,
+            strides=config.strides,
+            head_type=config.head_type,
+            num_classes=config.num_classes,
+            dropout=config.dropout,
+            n_mels=int(config.frontend.n_mels),
+        )
+
+
+def _stem(configs: Sequence[BlockConfig]) -> nn.Module:
+    """Upstream's first conv (``in_c``): 1 channel to the first block's input, stride 2."""
+    return ConvNormActivation(1, configs[0].input_channels, 3, stride=2, activation_layer=nn.Hardswish)
+
+
+def _tail_and_classifier(
+    configs: Sequence[BlockConfig], last_channel: int, settings: NetSettings
+) -> tuple[nn.Module, nn.Module]:
+    """Upstream's last 1x1 conv (``out_c``, 6x the last block's channels) and the head after it."""
+    last_in = configs[-1].out_channels
+    tail = ConvNormActivation(last_in, 6 * last_in, 1, activation_layer=nn.Hardswish)
+    head = _classifier(settings.head_type, 6 * last_in, last_channel, settings.num_classes, settings.dropout)
+    return tail, head
+
+
 class MN(nn.Module):
     """Upstream ``models.mn.model.MN`` (``se_dims='c'``, ``se_agg='max'``)."""
 
     def __init__(
-        self,
-        width_mult: float = 1.0,
-        strides: Sequence[int] = (2, 2, 2, 2),
-        head_type: str = "mlp",
-        num_classes: int = 527,
-        dropout: float = 0.2,
-        dilated: bool = False,
-        reduced_tail: bool = False,
-        n_mels: int = 128,
+        self, settings: NetSettings = NetSettings(), dilated: bool = False, reduced_tail: bool = False
     ) -> None:
         super().__init__()
-        self.n_mels = n_mels  # input height; only used for the export's dummy input
-        configs, last_channel = block_configs(width_mult, strides, dilated, reduced_tail)
-        layers: list[nn.Module] = [
-            ConvNormActivation(1, configs[0].input_channels, 3, stride=2, activation_layer=nn.Hardswish)
-        ]
-        layers += [InvertedResidual(cnf) for cnf in configs]
-        last_in = configs[-1].out_channels
-        layers.append(ConvNormActivation(last_in, 6 * last_in, 1, activation_layer=nn.Hardswish))
-        self.features = nn.Sequential(*layers)
-        self.classifier = _classifier(head_type, 6 * last_in, last_channel, num_classes, dropout)
+        self.n_mels = settings.n_mels
+        configs, last_channel = block_configs(settings.width_mult, settings.strides, dilated, reduced_tail)
+        stem = _stem(configs)
+        blocks = [InvertedResidual(cnf) for cnf in configs]
+        tail, head = _tail_and_classifier(configs, last_channel, settings)
+        self.features = nn.Sequential(stem, *blocks, tail)
+        self.classifier = head
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         for layer in self.features:  # as upstream's _forward_impl (it also collects feature maps)
@@ -553,35 +581,23 @@ class DyMN(nn.Module):
     (1.0 for pretrained AudioSet models; upstream's un-pretrained default would be 30)."""
 
     def __init__(
-        self,
-        width_mult: float = 1.0,
-        strides: Sequence[int] = (2, 2, 2, 2),
-        head_type: str = "mlp",
-        num_classes: int = 527,
-        dropout: float = 0.2,
-        temperature: float = 1.0,
-        use_dy_blocks: str = "all",
-        n_mels: int = 128,
+        self, settings: NetSettings = NetSettings(), temperature: float = 1.0, use_dy_blocks: str = "all"
     ) -> None:
         super().__init__()
-        if head_type not in ("mlp", "fully_convolutional"):
-            raise ValueError(f"upstream DyMN has no {head_type!r} head")
+        if settings.head_type not in ("mlp", "fully_convolutional"):
+            raise ValueError(f"upstream DyMN has no {settings.head_type!r} head")
         if use_dy_blocks not in ("all", "replace_se"):
             raise ValueError(f"unknown use_dy_blocks {use_dy_blocks!r}")
-        self.n_mels = n_mels
-        configs, last_channel = block_configs(width_mult, strides)
+        self.n_mels = settings.n_mels
+        configs, last_channel = block_configs(settings.width_mult, settings.strides)
         dynamic = (True,) * 15 if use_dy_blocks == "all" else _REPLACE_SE_DYNAMIC
         # registered before in_c, as upstream: state-dict order is layers.*, in_c, out_c, classifier
         self.layers = nn.ModuleList(
             DYBlock(cnf, temperature) if dy else InvertedResidual(cnf, use_se=False)
             for cnf, dy in zip(configs, dynamic)
         )
-        self.in_c = ConvNormActivation(
-            1, configs[0].input_channels, 3, stride=2, activation_layer=nn.Hardswish
-        )
-        last_in = configs[-1].out_channels
-        self.out_c = ConvNormActivation(last_in, 6 * last_in, 1, activation_layer=nn.Hardswish)
-        self.classifier = _classifier(head_type, 6 * last_in, last_channel, num_classes, dropout)
+        self.in_c = _stem(configs)
+        self.out_c, self.classifier = _tail_and_classifier(configs, last_channel, settings)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = self.in_c(x)
@@ -602,31 +618,13 @@ class DyMN(nn.Module):
 def build_reference(config: ModelConfig) -> MN | DyMN:
     """The upstream network for an eat-keras ``ModelConfig``, in eval mode."""
     model: MN | DyMN
-    n_mels = int(config.frontend.n_mels)
+    settings = NetSettings.from_config(config)
     if config.arch == "mn":
-        model = MN(
-            config.width_mult,
-            config.strides,
-            config.head_type,
-            config.num_classes,
-            config.dropout,
-            config.dilated,
-            config.reduced_tail,
-            n_mels=n_mels,
-        )
+        model = MN(settings, dilated=config.dilated, reduced_tail=config.reduced_tail)
     elif config.arch == "dymn":
         if config.dilated or config.reduced_tail:
             raise ValueError("upstream DyMN exposes neither dilated nor reduced_tail")
-        model = DyMN(
-            config.width_mult,
-            config.strides,
-            config.head_type,
-            config.num_classes,
-            config.dropout,
-            temperature=config.dyconv_temperature,
-            use_dy_blocks=config.use_dy_blocks,
-            n_mels=n_mels,
-        )
+        model = DyMN(settings, temperature=config.dyconv_temperature, use_dy_blocks=config.use_dy_blocks)
     else:
         raise ValueError(f"unknown arch {config.arch!r}")
     return model.eval()

@@ -15,7 +15,7 @@ from tools.bench import onnx2tf_route
 from tools.bench.paths import REPO_ROOT
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -94,7 +94,7 @@ def describe(o2t_venv: Path, argv: list[str]) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m tools.bench " + shlex.join(argv),
         "git_commit": git_commit(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_features": _cpu_features(),
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

@@ -15,7 +15,10 @@ result is obtained exactly, for any batch and length, with ops that TFLite has a
     conv runs with that runtime filter; LiteRT has it as a builtin, and it is far faster there;
   - any batch in TensorFlow (SavedModel, Keras, training): upstream's own formulation, the batch
     folded into the channels and one depthwise conv with the ``B·C`` per-sample filters: the
-    fastest in TF, but not a TFLite builtin for a dynamic batch (see the end of this docstring);
+    fastest in TF, but not a TFLite builtin for a dynamic batch (see the end of this docstring).
+    In training the per-sample filters get their gradient from a forward depthwise conv
+    (:func:`depthwise_filter_gradient`) instead of TF's filter-gradient op, which is slow on
+    these shapes;
   - any batch, TFLite builtins only (traced inside :func:`builtin_ops_only`, for converting an
     any-batch graph to TFLite): all K kernels at once, then contract. One static ``DepthwiseConv2D``
     with ``depth_multiplier=K`` (TF orders its outputs ``c·K + k``) gives ``[B, F', T', C·K]``;
@@ -42,7 +45,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras
 
-from eat_keras.layers.conv_bn import torch_padded_depthwise_conv
+from eat_keras.layers.conv_bn import torch_padded_depthwise_conv, torch_padding
 
 _BUILTIN_OPS_ONLY = contextvars.ContextVar("eat_keras_builtin_ops_only", default=False)
 
@@ -59,6 +62,39 @@ def builtin_ops_only() -> Iterator[None]:
         _BUILTIN_OPS_ONLY.reset(token)
 
 DEFAULT_NUM_KERNELS = 4
+
+
+def depthwise_filter_gradient(
+    x: tf.Tensor, dy: tf.Tensor, kernel_size: int, strides: int = 1, dilation: int = 1
+) -> tf.Tensor:
+    """Gradient w.r.t. the ``[k, k, C, 1]`` filter of :func:`torch_padded_depthwise_conv` on a
+    one-sample input ``x [1, F, T, C]``, given the output gradient ``dy [1, F', T', C]``.
+
+    ``dW[i, j, c] = Σ_{f,t} x_pad[f·s + i·d, t·s + j·d, c] · dy[f, t, c]`` is itself a depthwise
+    correlation of the padded input with ``dy`` as the filter (dilated by the stride), read at every
+    ``d``-th position. TF's oneDNN ``DepthwiseConv2dNativeBackpropFilter`` is many times slower than
+    that forward conv for 5x5 kernels over the thousands of channels of a batch folded into C.
+    """
+    pad = torch_padding(kernel_size, dilation)
+    padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    dy_filter = tf.transpose(dy, [1, 2, 3, 0])  # [F', T', C, 1]
+    taps = tf.nn.depthwise_conv2d(padded, dy_filter, [1, 1, 1, 1], "VALID", dilations=[strides, strides])
+    span = (kernel_size - 1) * dilation + 1
+    return tf.transpose(taps[:, :span:dilation, :span:dilation, :], [1, 2, 3, 0])
+
+
+def _with_filter_gradient(y: tf.Tensor, x: tf.Tensor, filters: tf.Tensor, strides: int, dilation: int) -> tf.Tensor:
+    """``y`` (the conv of ``x`` with ``stop_gradient(filters)``) whose gradient reaches ``filters``
+    through :func:`depthwise_filter_gradient`; ``x``'s gradient still flows through the conv itself."""
+
+    @tf.custom_gradient
+    def attach(y: tf.Tensor, x: tf.Tensor, filters: tf.Tensor) -> tuple[tf.Tensor, Any]:
+        def gradient(dy: tf.Tensor) -> tuple[tf.Tensor, None, tf.Tensor]:
+            return dy, None, depthwise_filter_gradient(x, dy, int(filters.shape[0]), strides, dilation)
+
+        return tf.identity(y), gradient
+
+    return attach(y, x, filters)
 
 
 @tf_keras.utils.register_keras_serializable(package="eat_keras")
@@ -137,8 +173,9 @@ class DynamicConv(tf_keras.layers.Layer):
         y = tf.matmul(tf.reshape(x, [batch, -1, in_channels]), per_sample)
         return tf.reshape(y, [batch, shape[1], shape[2], self.filters])
 
-    def _depthwise(self, x: tf.Tensor, attention: tf.Tensor) -> tf.Tensor:
-        """Aggregate the K kernels per sample, then one depthwise conv with those runtime filters."""
+    def _depthwise(self, x: tf.Tensor, attention: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        """Aggregate the K kernels per sample, then one depthwise conv with those runtime filters
+        (in training, with the filter gradient of :func:`_with_filter_gradient`)."""
         conv = functools.partial(torch_padded_depthwise_conv, strides=self.strides, dilation=self.dilation)
         k, channels = self.kernel_size, self.filters
         flat = tf.reshape(self.kernel, [k * k * channels, self.num_kernels])
@@ -160,13 +197,17 @@ class DynamicConv(tf_keras.layers.Layer):
         per_sample = tf.reshape(tf.matmul(attention, flat, transpose_b=True), [batch, k, k, channels])
         filters = tf.reshape(tf.transpose(per_sample, [1, 2, 0, 3]), [k, k, batch * channels, 1])
         folded = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, shape[1], shape[2], batch * channels])
-        y = conv(folded, filters)
+        if training:
+            y = conv(folded, tf.stop_gradient(filters))
+            y = _with_filter_gradient(y, folded, filters, self.strides, self.dilation)
+        else:
+            y = conv(folded, filters)
         out = tf.shape(y)
         return tf.transpose(tf.reshape(y, [out[1], out[2], batch, channels]), [2, 0, 1, 3])
 
-    def call(self, x: tf.Tensor, context: tf.Tensor) -> tf.Tensor:
+    def call(self, x: tf.Tensor, context: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         attention = self.kernel_attention(context)
-        return self._depthwise(x, attention) if self.depthwise else self._pointwise(x, attention)
+        return self._depthwise(x, attention, training) if self.depthwise else self._pointwise(x, attention)
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -130,8 +130,8 @@ class DynamicInvertedResidual(tf_keras.layers.Layer):
         y = x
         if self.exp_conv is not None:
             y = self._exp_act(self.exp_norm(self.exp_conv(y, context), training=training))
-        y = self.depth_norm(self.depth_conv(y, context), training=training)
-        y = self.ca(self.depth_act(y, context), g_f, g_t)
+        y = self.depth_norm(self.depth_conv(y, context, training=training), training=training)
+        y = self.ca(self.depth_act(y, context, training=training), g_f, g_t)
         y = self.proj_norm(self.proj_conv(y, context), training=training)
         return x + y if self.spec.use_residual else y
 

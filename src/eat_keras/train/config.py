@@ -24,23 +24,25 @@ from eat_keras.train.loss_table import (
     default_loss_settings,
 )
 
-__all__ = ["LABEL_TYPES", "MAX_CLIP_SECONDS", "MONITORS", "FinetuneConfig"]
+__all__ = ["LABEL_TYPES", "MAX_CLIP_SECONDS", "MONITORS", "FinetuneConfig", "data_clip_seconds"]
 
 # monitored metric → which of two values is better
 MONITORS = {"val_accuracy": max, "val_macro_f1": max, "val_loss": min}
 #: The longest evaluation or training clip: a batch of clips is held in memory at once.
 MAX_CLIP_SECONDS = 60.0
+#: The longest clip length chosen from the data: longer recordings are cropped at random.
+MAX_DATA_CLIP_SECONDS = 10.0
 
 # Numeric settings and their lower bound (all must also be finite): a bad one fails at once, in
 # one line, instead of deep inside TensorFlow or as a silently empty run (patience 0, epochs 0).
-_POSITIVE = ("clip_seconds", "batch_size", "epochs", "learning_rate", "layer_decay", "patience")
+_POSITIVE = ("batch_size", "epochs", "learning_rate", "head_lr_factor", "layer_decay", "patience")
 _NON_NEGATIVE = (
-    "warmup_epochs", "rampdown_start", "rampdown_epochs", "last_lr_factor", "mixup_alpha", "gain_db",
+    "warmup_fraction", "last_lr_factor", "mixup_alpha", "gain_db",
     "roll_samples", "freqm", "timem", "freeze_backbone_epochs",
 )  # fmt: skip
 # Counts: a fraction would fail deep inside tf.data or Python's range().
 _INTEGER = (
-    "batch_size", "epochs", "warmup_epochs", "rampdown_start", "rampdown_epochs", "gain_db", "roll_samples",
+    "batch_size", "epochs", "gain_db", "roll_samples",
     "freqm", "timem", "freeze_backbone_epochs", "patience", "seed",
 )  # fmt: skip
 
@@ -60,15 +62,16 @@ class FinetuneConfig:
 
     model: str = _option("mn04_as", "preset, .pt/.onnx, or model folder to start from")
     weights: str | None = _option(None, "explicit path to the preset's weight file")
-    clip_seconds: float = _option(2.0, "training clip length in seconds, cropped at random")
+    clip_seconds: float | None = _option(
+        None, "training clip length in seconds, cropped at random (default: the median length of the training "
+        "files, rounded up to 0.5 s, between 1 and 10 s)",
+    )  # fmt: skip
     batch_size: int = _option(32, "global batch size, split across replicas")
     epochs: int = _option(30, "number of training epochs")
-    learning_rate: float = _option(6e-5, "peak learning rate of Adam", flag="--lr")
-    # upstream schedule: exponential warm-up, then linear decay to last_lr_factor (per epoch)
-    warmup_epochs: int = _option(10, "epochs of exponential learning-rate warm-up")
-    rampdown_start: int = _option(10, "epoch at which the linear learning-rate decay starts")
-    rampdown_epochs: int = _option(65, "epochs the decay takes to reach --last-lr-factor")
-    last_lr_factor: float = _option(0.01, "learning-rate factor at the end of the decay")
+    learning_rate: float = _option(3e-4, "peak learning rate of Adam", flag="--lr")
+    # the schedule is a function of the run's progress (step / all steps), so it fits any length
+    warmup_fraction: float = _option(0.1, "share of the run spent in the exponential learning-rate warm-up")
+    last_lr_factor: float = _option(0.01, "learning-rate factor reached at the end of the run's linear decay")
     loss_terms: dict[str, float] = _option(
         help="weighted loss terms, NAME=WEIGHT (a NAME alone weighs 1)", flag="--loss",
         factory=lambda: dict(DEFAULT_LOSS_TERMS),
@@ -84,7 +87,8 @@ class FinetuneConfig:
     freqm: int = _option(0, "SpecAugment frequency-mask width in mel bins; 0 disables")
     timem: int = _option(0, "SpecAugment time-mask width in frames; 0 disables")
     freeze_backbone_epochs: int = _option(0, "train only the new head for the first N epochs")
-    layer_decay: float = _option(1.0, "learning-rate factor per depth level, head = 1; 1 disables")
+    head_lr_factor: float = _option(10.0, "learning-rate factor of the head (its last layer is new) over the backbone's")
+    layer_decay: float = _option(1.0, "learning-rate factor per depth level below the head; 1 disables")
     freeze_batchnorm: bool = _option(False, "keep BatchNorm statistics and affine parameters fixed")
     val_fraction: float = _option(0.1, "share of each class held out for validation")
     test_fraction: float = _option(0.0, "share of each class held out for testing")
@@ -120,10 +124,14 @@ class FinetuneConfig:
             if not (math.isfinite(value) and (value > 0 if name in _POSITIVE else value >= 0)):
                 bound = "> 0" if name in _POSITIVE else ">= 0"
                 raise ConfigError(f"{name} must be finite and {bound}, got {value}")
-        # The models are validated for clips of 1 s upward (as tagging's windows).
-        if not MIN_SECONDS <= self.clip_seconds <= MAX_CLIP_SECONDS:
+        if self.warmup_fraction > 1:
+            raise ConfigError(f"warmup_fraction must be at most 1, got {self.warmup_fraction}")
+        # The models are validated for clips of 1 s upward (as tagging's windows); None: the data's.
+        if self.clip_seconds is not None and not (
+            isinstance(self.clip_seconds, (int, float)) and MIN_SECONDS <= self.clip_seconds <= MAX_CLIP_SECONDS
+        ):
             raise ConfigError(
-                f"clip_seconds must be between {MIN_SECONDS:g} and {MAX_CLIP_SECONDS:g} s, got {self.clip_seconds:g}"
+                f"clip_seconds must be between {MIN_SECONDS:g} and {MAX_CLIP_SECONDS:g} s, got {self.clip_seconds}"
             )
         check_loss_terms(self.loss_terms)
         # the pattern itself is checked against the file names, when the data are read
@@ -131,9 +139,24 @@ class FinetuneConfig:
             raise ConfigError(f"group_pattern must be a string, got {self.group_pattern!r}")
         check_loss_settings(self.loss_settings)
 
+    def with_clip_seconds(self, num_samples: list[int], sample_rate: int) -> FinetuneConfig:
+        """This configuration with its clip length fixed: ``clip_seconds`` when given, else the
+        training files' (their lengths in samples at ``sample_rate``, see :func:`data_clip_seconds`)."""
+        if self.clip_seconds is not None:
+            return self
+        return dataclasses.replace(self, clip_seconds=data_clip_seconds(num_samples, sample_rate))
+
     @property
     def loss_form(self) -> str:
         return "softmax" if self.label_type == "single_label" else "sigmoid"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def data_clip_seconds(num_samples: list[int], sample_rate: int) -> float:
+    """The training clip length that fits files of these lengths: their median rounded up to
+    0.5 s, between 1 and 10 s. A clip as long as the typical file trains on all of it (a 5 s
+    ESC-50 clip cropped to 2 s may miss its event); longer recordings are cropped at random."""
+    median = float(np.median(num_samples)) / sample_rate if len(num_samples) else MIN_SECONDS
+    return min(max(math.ceil(median * 2.0) / 2.0, MIN_SECONDS), MAX_DATA_CLIP_SECONDS)

@@ -33,7 +33,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -791,9 +791,11 @@ def make_dataset(
       padded window), in file order. Evaluation averages logits over these full-length windows:
       pass the logits and ``index`` of all batches to :func:`average_per_file`.
 
-    All files are decoded up front through ``cache`` (a fresh in-memory :class:`AudioCache` when
-    ``None``; share one between the training and validation sets and across runs), so a bad file
-    fails here and no epoch decodes audio.
+    With a ``cache`` all files are decoded up front through it (share one between data sets and
+    runs), so a bad file fails here and no epoch decodes audio; a training set without one gets a
+    fresh in-memory cache. An evaluation set without one decodes each file when its windows come
+    and keeps none (memory does not grow with the number of files; the cardinality is unknown).
+    Fine-tuning reads prepared shards instead (:func:`eat_keras.train.shards.prepared_dataset`).
     """
     import tensorflow as tf
 
@@ -801,6 +803,9 @@ def make_dataset(
     index = _class_index(class_names)
     labels = np.array([_label_id(index, e) for e in examples], dtype=np.int32)
     paths = [e.path for e in examples]
+    if mode == "eval" and cache is None:  # one pass: decode each file as it comes, keep none
+        generator, num_elements = _streamed_evaluation_elements(paths, labels, clip_samples), None
+        return _batched(generator, num_elements, clip_samples, batch_size, drop_remainder, len(class_names))
     cache = cache if cache is not None else AudioCache()
     cache.load_all(paths)
 
@@ -811,16 +816,27 @@ def make_dataset(
         windows = [_num_windows(cache.get(p).shape[0], clip_samples) for p in paths]
         generator = _evaluation_elements(cache, paths, labels, clip_samples, windows)
         num_elements = sum(windows)
+    return _batched(generator, num_elements, clip_samples, batch_size, drop_remainder, len(class_names))
+
+
+def _batched(
+    generator: Callable[[], Iterator[dict[str, Any]]],
+    num_elements: int | None,
+    clip_samples: int,
+    batch_size: int,
+    drop_remainder: bool,
+    num_classes: int,
+) -> tf.data.Dataset:
+    import tensorflow as tf
 
     signature = {
         "waveform": tf.TensorSpec([clip_samples], tf.float32),
         "label": tf.TensorSpec([], tf.int32),
         "index": tf.TensorSpec([], tf.int32),
     }
-    num_classes = len(class_names)
     dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
-    # The generator's length is known: tell tf.data, so Keras shows progress and counts steps.
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_elements))
+    if num_elements is not None:  # tell tf.data, so Keras shows progress and counts steps
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_elements))
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     dataset = dataset.map(
         lambda batch: {**batch, "target": tf.one_hot(batch["label"], num_classes)},
@@ -886,6 +902,18 @@ def _training_elements(
             room = max(waveform.shape[0] - clip_samples, 0)
             start = int(positions[i] * (room + 1))
             yield {"waveform": _fit(waveform, start, clip_samples), "label": labels[i], "index": i}
+
+    return generate
+
+
+def _streamed_evaluation_elements(
+    paths: list[str], labels: np.ndarray, clip_samples: int
+) -> Callable[[], Iterator[dict[str, np.ndarray | int]]]:
+    def generate() -> Iterator[dict[str, np.ndarray | int]]:
+        for i, path in enumerate(paths):
+            waveform = load_audio(path, SAMPLE_RATE)
+            for w in range(_num_windows(waveform.shape[0], clip_samples)):
+                yield {"waveform": _fit(waveform, w * clip_samples, clip_samples), "label": labels[i], "index": i}
 
     return generate
 

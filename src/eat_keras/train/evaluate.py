@@ -20,6 +20,8 @@ from eat_keras.progress import ProgressLine
 from eat_keras.train.config import MAX_CLIP_SECONDS
 from eat_keras.train.data import AudioCache, Example, average_per_file, make_dataset
 from eat_keras.train.metrics import ClassificationReport, classification_report
+from eat_keras.train.prepare import PreparedData
+from eat_keras.train.shards import prepared_dataset
 
 PredictFn = Callable[[np.ndarray], np.ndarray]  # [batch, samples] → [batch, classes] logits
 
@@ -41,32 +43,69 @@ class NonFiniteLogitsError(EatKerasError):
     and an argmax over them would still name a class."""
 
 
+@dataclasses.dataclass(frozen=True)
+class PreparedSide:
+    """One side (``train``, ``val`` or ``test``) of a prepared folder, as evaluation data."""
+
+    prepared: PreparedData
+    side: str
+
+    @property
+    def examples(self) -> list[Example]:
+        return self.prepared.examples(self.side)
+
+
+EvaluationData = Sequence[Example] | PreparedSide
+
+
+def evaluation_files(data: EvaluationData) -> list[Example]:
+    """The files of evaluation data, in the order of the logits."""
+    return data.examples if isinstance(data, PreparedSide) else list(data)
+
+
 def file_logits(
     predict: PredictFn,
-    examples: Sequence[Example],
+    data: EvaluationData,
     class_names: Sequence[str],
     clip_samples: int,
     batch_size: int = 16,
     cache: AudioCache | None = None,
     progress: str | None = None,
 ) -> np.ndarray:
-    """``[files, classes]``: logits averaged over each file's windows of ``clip_samples``; with
+    """``[files, classes]``: logits averaged over each file's windows of ``clip_samples``, for
+    audio files (decoded as they come) or a side of a prepared folder (read from its shards); with
     ``progress``, a progress line of that name on stderr."""
     check_clip_samples(clip_samples, batch_size)
+    examples = evaluation_files(data)
     unknown = sorted({e.label for e in examples} - set(class_names))
     if unknown:
         raise EatKerasError(
             f"{len(unknown)} data label(s) not among the model's {len(class_names)} classes: "
             f"{short_list(unknown)} (the model's: {short_list(class_names)})"
         )
-    dataset = make_dataset(examples, class_names, mode="eval", clip_samples=clip_samples, batch_size=batch_size, cache=cache)
-    logits, index = [], []
-    line = ProgressLine(progress, int(dataset.cardinality()), unit="batches") if progress else None
+    if isinstance(data, PreparedSide):
+        dataset = prepared_dataset(
+            data.prepared, data.side, mode="eval", clip_samples=clip_samples, batch_size=batch_size, class_names=class_names
+        )
+    else:
+        dataset = make_dataset(examples, class_names, mode="eval", clip_samples=clip_samples, batch_size=batch_size, cache=cache)
+    return dataset_logits(predict, dataset, examples, progress)
+
+
+def dataset_logits(
+    predict: PredictFn, dataset: tf.data.Dataset, examples: Sequence[Example], progress: str | None = None
+) -> np.ndarray:
+    """``[files, classes]``: the logits of an evaluation data set's windows (``mode="eval"`` of
+    ``make_dataset`` or ``prepared_dataset``, whose ``index`` counts ``examples``) averaged per file."""
+    logits, index, files_seen = [], [], np.zeros(len(examples), dtype=bool)
+    line = ProgressLine(progress, len(examples), unit="files") if progress else None
     for batch in dataset:
         logits.append(np.asarray(predict(batch["waveform"].numpy())))
         index.append(batch["index"].numpy())
-        if line:
-            line.advance()
+        if line:  # a file counts once its first window is done
+            before = int(files_seen.sum())
+            files_seen[index[-1]] = True
+            line.advance(int(files_seen.sum()) - before)
     if line:
         line.finish()
     averaged = average_per_file(tf.constant(np.concatenate(logits)), tf.constant(np.concatenate(index)), len(examples)).numpy()
@@ -79,19 +118,23 @@ def file_logits(
     return averaged
 
 
+def report_of(logits: np.ndarray, examples: Sequence[Example], class_names: Sequence[str]) -> ClassificationReport:
+    """The classification report of per-file ``logits`` against the files' labels."""
+    return classification_report(true_ids(examples, class_names), logits.argmax(axis=1), list(class_names))
+
+
 def true_ids(examples: Sequence[Example], class_names: Sequence[str]) -> np.ndarray:
     ids = {n: i for i, n in enumerate(class_names)}
     return np.array([ids[e.label] for e in examples])
 
 
 def evaluate(
-    predict: PredictFn, examples: Sequence[Example], class_names: Sequence[str], clip_samples: int, **options: Any
+    predict: PredictFn, examples: EvaluationData, class_names: Sequence[str], clip_samples: int, **options: Any
 ) -> tuple[ClassificationReport, np.ndarray]:
     """Report and the per-file logits it was computed from; ``options`` (``batch_size``, ``cache``,
     ``progress``) as :func:`file_logits`."""
     logits = file_logits(predict, examples, class_names, clip_samples, **options)
-    report = classification_report(true_ids(examples, class_names), logits.argmax(axis=1), list(class_names))
-    return report, logits
+    return report_of(logits, evaluation_files(examples), class_names), logits
 
 
 @dataclasses.dataclass
@@ -128,7 +171,7 @@ class Verification:
 def verify(
     predict_a: PredictFn,
     predict_b: PredictFn,
-    examples: Sequence[Example],
+    examples: EvaluationData,
     class_names: Sequence[str],
     clip_samples: int | tuple[int, int],
     batch_size: int = 16,
@@ -140,8 +183,7 @@ def verify(
     is a pair. ``centre_rows``: compare logits after removing each file's mean, for an artifact
     whose logits are only known up to a per-file constant (softmax scores turned back into logits)."""
     clip_a, clip_b = clip_samples if isinstance(clip_samples, tuple) else (clip_samples, clip_samples)
-    cache = cache or AudioCache()
-    options = {"batch_size": batch_size, "cache": cache}
+    options = {"batch_size": batch_size, "cache": cache}  # without a cache each side decodes as it goes
     report_a, logits_a = evaluate(predict_a, examples, class_names, clip_a, progress="A" if progress else None, **options)
     report_b, logits_b = evaluate(predict_b, examples, class_names, clip_b, progress="B" if progress else None, **options)
     agreement = float(np.mean(logits_a.argmax(axis=1) == logits_b.argmax(axis=1)))
@@ -149,4 +191,4 @@ def verify(
         logits_a = logits_a - logits_a.mean(axis=1, keepdims=True)
         logits_b = logits_b - logits_b.mean(axis=1, keepdims=True)
     difference = float(np.abs(logits_a - logits_b).max()) if clip_a == clip_b else None
-    return Verification(report_a.accuracy, report_b.accuracy, agreement, difference, len(examples), centre_rows)
+    return Verification(report_a.accuracy, report_b.accuracy, agreement, difference, len(logits_a), centre_rows)

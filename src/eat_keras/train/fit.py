@@ -48,27 +48,20 @@ import tensorflow as tf
 import tf_keras
 
 from eat_keras.audio import seconds_to_samples
-from eat_keras.errors import EatKerasError
+from eat_keras.errors import ConfigError, EatKerasError
 from eat_keras.frontend import FrontendConfig
 from eat_keras.loading import load_tagger
 from eat_keras.models import AudioTagger, build_tagger
+from eat_keras.models.heads import MLPHead
 from eat_keras.models.saving import save_tagger
 from eat_keras.train import augment
 from eat_keras.train.config import MONITORS, FinetuneConfig
-from eat_keras.train.data import (
-    AudioCache,
-    Example,
-    check_no_leakage,
-    class_counts,
-    class_names_of,
-    groups_from_names,
-    make_dataset,
-    split_examples,
-    split_report,
-)
-from eat_keras.train.evaluate import NonFiniteLogitsError, evaluate, true_ids
+from eat_keras.train.data import SIDES, Example, class_counts, groups_from_names, split_examples, split_report
+from eat_keras.train.evaluate import NonFiniteLogitsError, dataset_logits, report_of, true_ids
 from eat_keras.train.losses import CombinedLoss, cross_entropy
 from eat_keras.train.metrics import ClassificationReport
+from eat_keras.train.prepare import PreparedData, PrepareSettings, prepared_for_run
+from eat_keras.train.shards import prepared_dataset, worker_entries
 
 __all__ = [
     "MONITORS",
@@ -82,21 +75,18 @@ __all__ = [
 ]
 
 
-def learning_rate_factor(epoch: int, config: FinetuneConfig) -> float:
-    """Upstream ``exp_warmup_linear_down`` (ex_esc50.py), evaluated at a 0-based epoch."""
-    if config.warmup_epochs > 0 and epoch < config.warmup_epochs:
-        phase = 1.0 - min(max(epoch, 0.5), config.warmup_epochs) / config.warmup_epochs
-        warm = math.exp(-5.0 * phase * phase)
-    else:
-        warm = 1.0
-    if epoch <= config.rampdown_start:
-        down = 1.0
-    elif epoch >= config.rampdown_start + config.rampdown_epochs:
-        down = config.last_lr_factor
-    else:
-        progress = (epoch - config.rampdown_start) / config.rampdown_epochs
-        down = config.last_lr_factor + (1.0 - config.last_lr_factor) * (1.0 - progress)
-    return warm * down
+def learning_rate_factor(progress: float, config: FinetuneConfig) -> float:
+    """The learning-rate factor at ``progress`` (steps done / the run's steps, 0 to 1): upstream's
+    shape (an exponential warm-up, then a linear decay to ``last_lr_factor``) stretched over the
+    whole run, so that a run of any length or data size warms up and decays in full."""
+    warm = config.warmup_fraction
+    if progress < warm:
+        phase = 1.0 - progress / warm
+        return math.exp(-5.0 * phase * phase)
+    if warm >= 1.0:
+        return 1.0
+    down = min(max((progress - warm) / (1.0 - warm), 0.0), 1.0)
+    return 1.0 - (1.0 - config.last_lr_factor) * down
 
 
 def build_finetune_model(base: AudioTagger, class_names: list[str], config: FinetuneConfig) -> AudioTagger:
@@ -109,11 +99,20 @@ def build_finetune_model(base: AudioTagger, class_names: list[str], config: Fine
     for src, dst in zip(backbone_levels(base), backbone_levels(tagger)):
         for s, d in zip(src, dst):
             d.set_weights(s.get_weights())
+    _keep_hidden_layer(base.net.head, tagger.net.head)
     if config.freeze_batchnorm:
         for layer in tagger.net.submodules:
             if isinstance(layer, tf_keras.layers.BatchNormalization):
                 layer.trainable = False  # Keras runs a non-trainable BN in inference mode
     return tagger
+
+
+def _keep_hidden_layer(pretrained: tf_keras.layers.Layer, fresh: tf_keras.layers.Layer) -> None:
+    """As upstream's fine-tuning, replace only the head's last layer (``classifier.5``): the MLP
+    head's hidden layer (``classifier.2``) keeps its pretrained weights. A head started whole from
+    random weights learns slowly: after a short run its scores stay near uniform."""
+    if isinstance(pretrained, MLPHead) and isinstance(fresh, MLPHead) and pretrained.hidden_units == fresh.hidden_units:
+        fresh.hidden.set_weights(pretrained.hidden.get_weights())
 
 
 def backbone_levels(tagger: AudioTagger) -> list[list[tf_keras.layers.Layer]]:
@@ -167,6 +166,13 @@ class _RunFolder:
         latest = self.latest_checkpoint()
         return None if latest is None else int(latest.rsplit("-", 1)[1])
 
+    def make(self) -> None:
+        """Make the folder (nothing in it yet): a file in its way or a read-only parent fails here."""
+        if self.root.exists() and not self.root.is_dir():
+            raise EatKerasError(f"{self.root}: a file is in the way of the run folder; use another --out")
+        with _writing(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
+
     def claim(self, config: FinetuneConfig) -> int | None:
         """Record the configuration; once the folder holds training, check it against the run's.
         Returns the run's former number of epochs when ``config`` extends (or shortens) it.
@@ -175,10 +181,7 @@ class _RunFolder:
         stopped) then may be retried with other settings: the new configuration replaces the old.
         Afterwards only ``epochs`` may change (see :meth:`check_new_length`).
         """
-        if self.root.exists() and not self.root.is_dir():
-            raise EatKerasError(f"{self.root}: a file is in the way of the run folder; use another --out")
-        with _writing(self.root):
-            self.root.mkdir(parents=True, exist_ok=True)
+        self.make()
         wanted, former_epochs = config.to_dict(), None
         if self.holds_training() and self.config.exists():
             try:
@@ -211,14 +214,16 @@ class _RunFolder:
             raise EatKerasError(f"{root} has trained {done} epochs already: --epochs must be at least {done}")
         before = dataclasses.replace(config, epochs=former_epochs)
         for epoch in range(done):
-            old, new = learning_rate_factor(epoch, before), learning_rate_factor(epoch, config)
-            if old != new:
-                raise EatKerasError(
-                    f"{root} cannot go on to {config.epochs} epochs: its learning-rate schedule stretches with the "
-                    f"run (epoch {epoch + 1} trained at {old * config.learning_rate:g}, would be "
-                    f"{new * config.learning_rate:g}); train {config.epochs} epochs in a new --out folder, or continue "
-                    f"from this run's best model with --model {self.best} --out NEW_FOLDER"
-                )
+            for part in (0.0, 0.5, 1.0):  # the schedule is smooth: a change shows at these points
+                old = learning_rate_factor((epoch + part) / former_epochs, before)
+                new = learning_rate_factor((epoch + part) / config.epochs, config)
+                if not math.isclose(old, new, rel_tol=1e-9):
+                    raise EatKerasError(
+                        f"{root} cannot go on to {config.epochs} epochs: its learning-rate schedule stretches over "
+                        f"the run (epoch {epoch + 1} trained at {old * config.learning_rate:g}, would be "
+                        f"{new * config.learning_rate:g}); train {config.epochs} epochs in a new --out folder, or "
+                        f"continue from this run's best model with --model {self.best} --out NEW_FOLDER"
+                    )
 
     def record_split(self, splits: dict[str, list[Example]], resuming: bool) -> str:
         """Write ``split.csv`` and the report; when resuming, first check that the data give the
@@ -286,27 +291,6 @@ def _split_differences(stored: list[list[str]], now: list[list[str]]) -> str:
     return f"{len(changes)} file(s): " + "; ".join(changes[:_MAX_LISTED]) + more
 
 
-def _checked_splits(
-    examples: Sequence[Example], config: FinetuneConfig
-) -> tuple[dict[str, list[Example]], list[str], np.ndarray]:
-    """The leak-checked split, the class names and the training counts; refuses a split that
-    cannot train (a class without training files) or select a best epoch (no validation files).
-    With ``config.group_pattern`` the files' groups come from their names."""
-    examples = groups_from_names(list(examples), config.group_pattern)
-    splits = split_examples(
-        examples, config.val_fraction, config.test_fraction, config.seed, config.test_folds, config.val_folds
-    )
-    check_no_leakage(splits)
-    class_names = class_names_of(examples)
-    counts = class_counts(splits["train"], class_names)
-    if (counts == 0).any():
-        missing = [n for n, c in zip(class_names, counts) if c == 0]
-        raise EatKerasError(f"no training files for class(es) {missing}")
-    if not splits["val"]:
-        raise EatKerasError("the validation side is empty: set --val-fraction or --val-folds")
-    return splits, class_names, counts
-
-
 def is_improvement(value: float, val_loss: float, best: float, best_loss: float, better: Any) -> bool:
     """Whether an epoch's monitored ``value`` beats ``best`` (NaN: no best yet); ``better`` is
     :data:`MONITORS`' ``max`` or ``min``.
@@ -368,8 +352,10 @@ class FinetuneResult:
 
 @dataclasses.dataclass
 class _RunInputs:
-    """A run's checked inputs: the split, its class names, the loss and the clip length."""
+    """A run's checked inputs: the prepared data and their split, the class names, the loss and
+    the clip length."""
 
+    prepared: PreparedData
     splits: dict[str, list[Example]]
     class_names: list[str]
     loss: CombinedLoss
@@ -377,20 +363,29 @@ class _RunInputs:
 
 
 def _checked_inputs(
-    examples: Sequence[Example], config: FinetuneConfig, cache: AudioCache
-) -> tuple[_RunInputs, AudioTagger]:
-    """Check every input (settings, data, split, model, audio) before the run folder is written,
-    so that a start that fails on bad input leaves nothing that blocks the corrected retry; also
-    returns the model to start from."""
-    config.validate()
-    splits, class_names, counts = _checked_splits(examples, config)
+    prepared: PreparedData, config: FinetuneConfig, base: AudioTagger
+) -> tuple[_RunInputs, FinetuneConfig]:
+    """Check the data and the split before the run folder is claimed, so that a start that fails
+    on bad input leaves nothing that blocks the corrected retry; also returns the configuration
+    with its clip length fixed (the data's by default)."""
+    splits = {side: prepared.examples(side) for side in SIDES}
+    class_names = prepared.class_names
+    counts = class_counts(splits["train"], class_names)
+    if (counts == 0).any():
+        missing = [n for n, c in zip(class_names, counts) if c == 0]
+        raise EatKerasError(f"no training files for class(es) {missing}")
+    if not splits["val"]:
+        raise EatKerasError("the validation side is empty: set --val-fraction or --val-folds")
+    config = config.with_clip_seconds([e["num_samples"] for e in prepared.entries("train")], prepared.sample_rate)
     loss = CombinedLoss(
         terms=config.loss_terms, form=config.loss_form, settings=config.loss_settings, class_counts=counts
     )
-    base = load_tagger(config.model, config.weights, with_class_names=False)
+    if base.config.frontend.sample_rate != prepared.sample_rate:
+        raise EatKerasError(
+            f"{prepared.folder} holds audio at {prepared.sample_rate} Hz, the model takes {base.config.frontend.sample_rate} Hz"
+        )
     clip_samples = seconds_to_samples(config.clip_seconds, base.config.frontend.sample_rate)
-    cache.load_all(e.path for side in splits.values() for e in side)  # an undecodable file fails now
-    return _RunInputs(splits, class_names, loss, clip_samples), base
+    return _RunInputs(prepared, splits, class_names, loss, clip_samples), config
 
 
 @dataclasses.dataclass
@@ -432,14 +427,16 @@ def _training_state(
         optimizers = [tf_keras.optimizers.Adam(config.learning_rate) for _ in groups]
         for opt, variables in zip(optimizers, groups):
             opt.build(variables)
-        counters = dict(
-            epoch=tf.Variable(0, dtype=tf.int64, trainable=False),
-            best=tf.Variable(np.nan, dtype=tf.float64, trainable=False),
-            best_loss=tf.Variable(np.inf, dtype=tf.float64, trainable=False),
-            best_epoch=tf.Variable(0, dtype=tf.int64, trainable=False),
-            bad_epochs=tf.Variable(0, dtype=tf.int64, trainable=False),
-        )
         rng = tf.random.Generator.from_seed(config.seed)
+    # the counters are read and set in Python between steps: plain variables, not mirrored ones
+    # (int() of a MirroredVariable raises)
+    counters = dict(
+        epoch=tf.Variable(0, dtype=tf.int64, trainable=False),
+        best=tf.Variable(np.nan, dtype=tf.float64, trainable=False),
+        best_loss=tf.Variable(np.inf, dtype=tf.float64, trainable=False),
+        best_epoch=tf.Variable(0, dtype=tf.int64, trainable=False),
+        bad_epochs=tf.Variable(0, dtype=tf.int64, trainable=False),
+    )
     _draw_dropout_from(tagger, rng)
     return _TrainingState(tagger, groups, optimizers, rng, **counters)
 
@@ -531,29 +528,30 @@ class _Training:
         inputs: _RunInputs,
         state: _TrainingState,
         strategy: tf.distribute.Strategy,
-        cache: AudioCache,
         say: Callable[[str], None],
     ) -> None:
         self.config, self.run, self.inputs, self.state = config, run, inputs, state
-        self.strategy, self.cache, self.say = strategy, cache, say
+        self.strategy, self.say = strategy, say
         self.train_step = _train_step_function(state, inputs.loss, config, strategy)
         predict_fn = tf.function(
             lambda w: state.tagger(w, training=False)["logits"],
             input_signature=[tf.TensorSpec([None, inputs.clip_samples], tf.float32)],
         )
         self.predict = lambda waveforms: predict_fn(tf.constant(waveforms)).numpy()
+        self.steps_per_epoch = _steps_per_epoch(
+            inputs.prepared, config.batch_size, _input_pipelines(strategy), strategy.num_replicas_in_sync
+        )
 
     def run_epochs(self, manager: tf.train.CheckpointManager, verbose: bool) -> list[dict[str, Any]]:
         """Train from where the run stands to its last epoch or early stop; the whole run's log."""
         config, state = self.config, self.state
         history: list[dict[str, Any]] = self.run.log_rows(int(state.epoch))
         first_epoch = _first_epoch(state, config, self.say)
-        batches, steps = self._training_batches(first_epoch)
         with _writing(self.run.root):
             writer = tf.summary.create_file_writer(str(self.run.root / "tensorboard")) if config.tensorboard else None
         for epoch in range(first_epoch, config.epochs):
             started = time.time()
-            row: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch, batches, steps, verbose)}
+            row: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch, verbose)}
             row.update(self.validate(epoch, row["lr"]))
             history.append(row)  # no wall-clock time: one command, data and seed give one log.csv
             if self.track_best(row):
@@ -569,52 +567,74 @@ class _Training:
                 break
         return history
 
-    def _training_batches(self, first_epoch: int) -> tuple[Any, int]:
-        """The distributed training data and its batches per epoch. The data set's epoch counter
-        starts where the run stands: epoch e of a resumed run gets the order and crops that epoch e
-        of an uninterrupted run gets."""
-        config, train = self.config, self.inputs.splits["train"]
-        dataset = make_dataset(
-            train, self.inputs.class_names, mode="train", clip_samples=self.inputs.clip_samples,
-            batch_size=config.batch_size, seed=config.seed, cache=self.cache,
-            drop_remainder=len(train) >= 2 * config.batch_size, first_epoch=first_epoch,
-        )  # fmt: skip
-        return self.strategy.experimental_distribute_dataset(dataset), int(dataset.cardinality())
+    def _training_batches(self, epoch: int) -> Any:
+        """The distributed training batches of ``epoch`` (0-based): each input pipeline (one per
+        worker) reads its own shards; order and crops depend on the seed and the epoch alone, so a
+        resumed run sees what an uninterrupted one would."""
+        config, inputs = self.config, self.inputs
+        steps = self.steps_per_epoch
 
-    def train_epoch(self, epoch: int, batches: Any, steps: int, verbose: bool) -> dict[str, Any]:
-        """One pass over the training data at the epoch's learning rates; the mean loss and terms.
-        A non-finite loss stops the run before anything of the epoch is saved."""
-        config, optimizers = self.config, self.state.optimizers
-        lr = config.learning_rate * learning_rate_factor(epoch, config)
-        depth = len(optimizers) - 1  # the head's level; each level below gets layer_decay once more
-        for level, opt in enumerate(optimizers):
-            opt.learning_rate.assign(lr * config.layer_decay ** (depth - level))
+        def pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            dataset = prepared_dataset(
+                inputs.prepared, "train", mode="train", clip_samples=inputs.clip_samples,
+                batch_size=context.get_per_replica_batch_size(config.batch_size), class_names=inputs.class_names,
+                seed=config.seed, epoch=epoch, shard_index=context.input_pipeline_id,
+                num_shards=context.num_input_pipelines, drop_remainder=steps.drop_remainder,
+            )  # fmt: skip
+            local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+            return dataset.take(steps.count * local_replicas)  # every worker takes as many steps
+
+        return self.strategy.distribute_datasets_from_function(pipeline)
+
+    def train_epoch(self, epoch: int, verbose: bool) -> dict[str, Any]:
+        """One pass over the training data, the learning rates following the schedule step by
+        step; the mean loss and terms. A non-finite loss stops the run before anything of the
+        epoch is saved."""
+        config, steps = self.config, self.steps_per_epoch.count
         train_backbone = epoch >= config.freeze_backbone_epochs
         progbar = tf_keras.utils.Progbar(steps, verbose=1 if verbose else 0, unit_name="batch")
         sums: dict[str, float] = {}
-        done = 0
-        for step, batch in enumerate(batches):
+        first_lr = None
+        for step, batch in enumerate(self._training_batches(epoch)):
+            lr = self._set_learning_rates((epoch * steps + step + 0.5) / (config.epochs * steps))
+            first_lr = first_lr if first_lr is not None else lr
             values = {k: float(v) for k, v in self.train_step(batch, train_backbone).items()}
             if not math.isfinite(values["loss"]):
                 raise _diverged(self.run, epoch, f"the training loss became {values['loss']} at step {step + 1}", lr)
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             progbar.update(step + 1, list(values.items()))
-            done = step + 1
-        means = {f"train_{k}": v / max(done, 1) for k, v in sums.items()}
-        return {"lr": lr, "backbone_trained": int(train_backbone), **means}
+        means = {f"train_{k}": v / steps for k, v in sums.items()}
+        return {"lr": first_lr, "backbone_trained": int(train_backbone), **means}
+
+    def _set_learning_rates(self, progress: float) -> float:
+        """Set each depth level's rate for a step at ``progress``; returns the head's."""
+        config, optimizers = self.config, self.state.optimizers
+        lr = config.learning_rate * learning_rate_factor(progress, config)
+        depth = len(optimizers) - 1  # the head's level; each level below gets layer_decay once more
+        for level, opt in enumerate(optimizers):
+            factor = config.head_lr_factor if level == depth else config.layer_decay ** (depth - level - 1)
+            opt.learning_rate.assign(lr * factor)
+        return lr
+
+    def _side_logits(self, predict: Callable[[np.ndarray], np.ndarray], side: str) -> np.ndarray:
+        """Per-file logits of a side of the prepared data, each file's windows averaged."""
+        inputs = self.inputs
+        dataset = prepared_dataset(
+            inputs.prepared, side, mode="eval", clip_samples=inputs.clip_samples, batch_size=self.config.batch_size,
+            class_names=inputs.class_names,
+        )  # fmt: skip
+        return dataset_logits(predict, dataset, inputs.splits[side])
 
     def validate(self, epoch: int, lr: float) -> dict[str, float]:
         """Validation loss, accuracy and macro-F1 on whole files; non-finite logits stop the run
         before anything of the epoch is saved."""
         inputs = self.inputs
         try:
-            report, logits = evaluate(
-                self.predict, inputs.splits["val"], inputs.class_names, inputs.clip_samples,
-                batch_size=self.config.batch_size, cache=self.cache,
-            )  # fmt: skip
+            logits = self._side_logits(self.predict, "val")
         except NonFiniteLogitsError:
             raise _diverged(self.run, epoch, "the model's validation logits became non-finite", lr) from None
+        report = report_of(logits, inputs.splits["val"], inputs.class_names)
         targets = tf.one_hot(true_ids(inputs.splits["val"], inputs.class_names), len(inputs.class_names))
         val_loss = float(cross_entropy(targets, tf.constant(logits), self.config.loss_form))
         return {"val_loss": val_loss, "val_accuracy": report.accuracy, "val_macro_f1": report.macro_f1}
@@ -660,23 +680,62 @@ class _Training:
         from eat_keras.models.saving import load_tagger_dir
 
         best_fn = load_tagger_dir(self.run.best).predict_function_for_waveforms()
-        report, _ = evaluate(
-            lambda w: best_fn(tf.constant(w))["logits"].numpy(), self.inputs.splits["test"],
-            self.inputs.class_names, self.inputs.clip_samples, batch_size=self.config.batch_size, cache=self.cache,
-        )  # fmt: skip
+        logits = self._side_logits(lambda w: best_fn(tf.constant(w))["logits"].numpy(), "test")
+        report = report_of(logits, self.inputs.splits["test"], self.inputs.class_names)
         self.say("test (best checkpoint):\n" + report.summary())
         return report
 
 
+@dataclasses.dataclass(frozen=True)
+class _Steps:
+    count: int  # steps per epoch, the same on every worker
+    drop_remainder: bool
+
+
+def _input_pipelines(strategy: tf.distribute.Strategy) -> int:
+    """Input pipelines of a strategy: one per worker of a multi-worker cluster, else one."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return 1
+    spec = resolver.cluster_spec()
+    return sum(spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs)
+
+
+def _steps_per_epoch(prepared: PreparedData, batch_size: int, pipelines: int, replicas: int) -> _Steps:
+    """Steps per epoch. One device keeps a last partial batch unless the data hold two full ones
+    (a batch of one or two would upset BatchNorm and SupCon); several take full batches only, the
+    smallest pipeline's count, as every replica of every worker must take every step."""
+    if replicas == 1:
+        files = len(prepared.entries("train"))
+        drop = files >= 2 * batch_size
+        return _Steps(files // batch_size if drop else -(-files // batch_size), drop)
+    per_pipeline = batch_size // pipelines
+    counts = [len(worker_entries(prepared, "train", i, pipelines)[1]) // per_pipeline for i in range(pipelines)]
+    if min(counts) < 1:
+        raise EatKerasError(
+            f"{prepared.folder}: a worker's share of the training files is smaller than its batch ({per_pipeline})"
+        )
+    return _Steps(min(counts), True)
+
+
 def finetune(
-    examples: Sequence[Example],
+    data: Sequence[Example] | PreparedData | str | Path,
     out_dir: str | Path,
     config: FinetuneConfig,
     strategy: tf.distribute.Strategy | None = None,
-    cache: AudioCache | None = None,
     verbose: bool = True,
+    *,
+    processes: int = 2,
+    on_error: str = "fail",
 ) -> FinetuneResult:
-    """Fine-tune ``config.model`` on ``examples``; resumes when ``out_dir`` holds the same run.
+    """Fine-tune ``config.model`` on ``data``; resumes when ``out_dir`` holds the same run.
+
+    ``data`` is a prepared folder (``eat-keras prepare``; its split is the run's) or a list of
+    files, which are first prepared into ``out_dir/prepared`` (``processes`` decoding processes; a
+    bad file fails or, ``on_error="skip"``, is left out). Training streams the shards: memory does
+    not grow with the number of files. Under a multi-worker strategy each worker reads its own
+    shards, and a worker other than the chief writes its copy of the run into
+    ``out_dir/workers/<task>-<index>``.
 
     One command, data and seed give one ``log.csv`` and one set of weights on one CPU machine, and
     a resumed run ends as the uninterrupted one would: the call seeds the global RNGs and runs with
@@ -685,22 +744,53 @@ def finetune(
     """
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if verbose else (lambda msg: None)
     strategy = strategy or tf.distribute.get_strategy()
-    cache = cache or AudioCache()
-    inputs, base = _checked_inputs(examples, config, cache)
+    config.validate()
+    _check_batch_splits(config, strategy)
+    base = load_tagger(config.model, config.weights, with_class_names=False)  # a wrong --model fails before decoding
+    run = _RunFolder(_worker_folder(Path(out_dir), strategy))
+    if not isinstance(data, (PreparedData, str, Path)):
+        data = groups_from_names(list(data), config.group_pattern)
+        settings = PrepareSettings.split_of(config)  # data that cannot be split fail before the folder is made
+        split_examples(data, settings.val_fraction, settings.test_fraction, settings.seed, settings.test_folds, settings.val_folds)
+        run.make()  # the files are prepared into it
+    prepared = prepared_for_run(data, config, run.root / "prepared", processes=processes, on_error=on_error, log=say)
+    inputs, config = _checked_inputs(prepared, config, base)
 
-    run = _RunFolder(Path(out_dir))
     resuming = run.latest_checkpoint() is not None
     former_epochs = run.claim(config)
     if former_epochs is not None:
         say(f"{run.root}: the run now trains {config.epochs} epochs instead of {former_epochs}")
     say(run.record_split(inputs.splits, resuming))
+    say(f"training on {config.clip_seconds:g} s clips, {config.epochs} epochs of {config.batch_size}-clip batches")
     with _deterministic_ops():
         state = _training_state(base, inputs.class_names, config, strategy)
         del base
         manager = _restored(state, run, resuming, say)
-        training = _Training(config, run, inputs, state, strategy, cache, say)
+        training = _Training(config, run, inputs, state, strategy, say)
         history = training.run_epochs(manager, verbose)
         if history and int(state.best_epoch) == 0:
             raise EatKerasError(f"no epoch gave a finite {config.monitor}: nothing was saved as {run.best}")
         test_report = training.test_best()
     return FinetuneResult(run.root, run.best, int(state.best_epoch), float(state.best), history, test_report)
+
+
+def _check_batch_splits(config: FinetuneConfig, strategy: tf.distribute.Strategy) -> None:
+    """Refuse a global batch the strategy's replicas cannot share equally (before the folder is written)."""
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} does not split evenly over the {replicas} replicas of the strategy: "
+            f"use a multiple of {replicas}"
+        )
+
+
+def _worker_folder(out_dir: Path, strategy: tf.distribute.Strategy) -> Path:
+    """The run folder this process writes: ``out_dir``, or for a multi-worker cluster's worker other
+    than the chief its own folder inside it (every worker saves, as saving reads synchronised
+    variables; only the chief's copy is the run's)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return out_dir
+    task_type, task_id = resolver.task_type, resolver.task_id
+    chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().jobs)
+    return out_dir if chief else out_dir / "workers" / f"{task_type}-{task_id}"

@@ -40,6 +40,7 @@ import struct
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +55,7 @@ from eat_keras.train.data import (
     Example,
     check_no_leakage,
     class_names_of,
+    groups_from_names,
     split_examples,
 )
 
@@ -73,6 +75,7 @@ __all__ = [
     "num_shards_for",
     "plan_shards",
     "prepare",
+    "prepared_for_run",
     "quantize",
     "read_prepared",
     "serialize_record",
@@ -99,6 +102,7 @@ RECORD_FEATURES = {
 }
 
 _PCM_MAX = 32767
+_FILES_PER_PROCESS = 32  # fewer files than this are decoded in the calling process
 _PR_SET_PDEATHSIG = 1  # prctl option: a signal for this process when its parent ends
 _MIN_SCALE_EXPONENT = -126  # the smallest normal float32: the scale must survive the record's float
 
@@ -131,6 +135,14 @@ class PrepareSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def split_of(cls, config: Any) -> PrepareSettings:
+        """The settings that split as a fine-tuning configuration (``FinetuneConfig``) asks."""
+        return cls(
+            val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
+            val_folds=config.val_folds, test_folds=config.test_folds,
+        )  # fmt: skip
 
 
 # --- the record: pure functions shared by every writer ---------------------------------------
@@ -479,13 +491,26 @@ def _write_shards(
     """Encode the files of ``plans`` in worker processes and write each shard in turn."""
     if not plans:
         return
+    tasks = [t for p in plans for t in p.tasks]
+    if processes == 1 or len(tasks) < _FILES_PER_PROCESS:  # starting processes would cost more than it saves
+        import tensorflow as tf
+
+        encoded_here = map(encode_file, tasks)
+        for plan in plans:
+            yield plan, _write_shard(tf, out, plan, encoded_here, on_error, say, progress, on_file)
+        return
     pool = ProcessPoolExecutor(processes, mp_context=_worker_context(), initializer=_start_worker)
     try:
-        encoded = _InOrder(pool, [t for p in plans for t in p.tasks], window=8 * processes)  # workers start here
+        encoded = _InOrder(pool, tasks, window=8 * processes)  # workers start here
         import tensorflow as tf  # after: forked workers hold no TensorFlow, and they decode meanwhile
 
         for plan in plans:
             yield plan, _write_shard(tf, out, plan, encoded, on_error, say, progress, on_file)
+    except BrokenProcessPool:
+        raise EatKerasError(
+            "a decoding process ended abruptly (killed, out of memory, or a script that starts processes at import: "
+            "guard its code with if __name__ == '__main__':, or pass processes=1)"
+        ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -562,6 +587,8 @@ def _write_shard(
         os.replace(temporary, out / plan.name)
     except OSError as exc:
         raise EatKerasError(f"{out}: cannot write {plan.name} ({exc.strerror or exc})") from exc
+    except tf.errors.OpError as exc:  # TensorFlow's writer words a full disk its own way
+        raise EatKerasError(f"{out}: cannot write {plan.name} ({exc.message})") from exc
     finally:
         temporary.unlink(missing_ok=True)
     records = sum("sha256" in f for f in files)
@@ -679,6 +706,28 @@ class PreparedData:
 
     def shard_paths(self, split: str) -> list[Path]:
         return [self.folder / s["name"] for s in self.manifest["shards"] if s["split"] == split]
+
+
+def prepared_for_run(
+    data: Sequence[Example] | PreparedData | str | os.PathLike[str],
+    config: Any,
+    folder: str | os.PathLike[str],
+    *,
+    processes: int = 2,
+    on_error: Literal["fail", "skip"] = "fail",
+    log: Callable[[str], None] | None = None,
+) -> PreparedData:
+    """The prepared data a fine-tuning run (``config``: a ``FinetuneConfig``) reads: ``data`` as it
+    is when it is prepared already (a :class:`PreparedData` or a folder with ``prepared.json``),
+    else the files ``data`` lists prepared into ``folder`` with the run's split and group pattern;
+    a re-run reuses the shards."""
+    if isinstance(data, PreparedData):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return read_prepared(data)
+    examples = groups_from_names(list(data), config.group_pattern)
+    settings = PrepareSettings.split_of(config)
+    return prepare(examples, folder, settings, processes=processes, on_error=on_error, log=log)
 
 
 def read_prepared(folder: str | os.PathLike[str]) -> PreparedData:
