@@ -147,6 +147,21 @@ def test_dynamic_conv_matches_upstream_grouped_conv_in_torch():
     np.testing.assert_allclose(layer(x, context).numpy(), want, atol=2e-5, rtol=1e-5)
 
 
+def _assert_training_form_equals_inference(layer, x: tf.Tensor, context: tf.Tensor) -> None:
+    """A layer's training form (its own gradient code) gives the output and every gradient that
+    TensorFlow's differentiation of the inference form gives."""
+
+    def forward_and_gradients(training: bool) -> list[np.ndarray]:
+        with tf.GradientTape() as tape:
+            tape.watch([x, context])
+            y = layer(x, context, training=training)
+            loss = tf.reduce_sum(y * tf.sin(y))  # an output gradient that differs position by position
+        return [t.numpy() for t in [y, *tape.gradient(loss, [x, context, *layer.trainable_variables])]]
+
+    for got, want in zip(forward_and_gradients(True), forward_and_gradients(False)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
 @pytest.mark.parametrize(
     "kernel, stride, dilation, freq, time",
     [(3, 1, 1, 8, 9), (3, 2, 1, 8, 9), (5, 2, 1, 7, 12), (5, 2, 1, 8, 8), (5, 1, 1, 6, 5), (3, 1, 2, 9, 10)],
@@ -161,15 +176,7 @@ def test_dynamic_depthwise_training_gradients_equal_autodiff(kernel, stride, dil
     layer(x, context)
     _randomise(layer, rng)
 
-    def forward_and_gradients(training: bool) -> list[np.ndarray]:
-        with tf.GradientTape() as tape:
-            tape.watch([x, context])
-            y = layer(x, context, training=training)
-            loss = tf.reduce_sum(y * tf.sin(y))  # an output gradient that differs position by position
-        return [t.numpy() for t in [y, *tape.gradient(loss, [x, context, *layer.trainable_variables])]]
-
-    for got, want in zip(forward_and_gradients(True), forward_and_gradients(False)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    _assert_training_form_equals_inference(layer, x, context)
 
 
 def test_dyrelu_reads_coefficients_channel_major():
@@ -201,15 +208,7 @@ def test_dyrelu_training_form_equals_the_maximum_and_its_gradients():
     layer(x, context)
     _randomise(layer, rng)
 
-    def forward_and_gradients(training: bool) -> list[np.ndarray]:
-        with tf.GradientTape() as tape:
-            tape.watch([x, context])
-            y = layer(x, context, training=training)
-            loss = tf.reduce_sum(y * tf.sin(y))
-        return [t.numpy() for t in [y, *tape.gradient(loss, [x, context, *layer.trainable_variables])]]
-
-    for got, want in zip(forward_and_gradients(True), forward_and_gradients(False)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    _assert_training_form_equals_inference(layer, x, context)
 
 
 def test_dyrelu_with_zero_coefficients_is_relu():

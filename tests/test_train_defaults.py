@@ -18,7 +18,7 @@ from eat_keras.train.fit import finetune
 
 SR = 16000  # the files are resampled to 32 kHz on the way in, as a user's would be
 PER_CLASS = 48
-EPOCHS = 5  # of 4 steps each: 129 training clips at the default batch of 32, full batches
+EPOCHS = 8  # of 4 steps each: 129 training clips at the default batch of 32, full batches
 
 
 def _write_classes(root):
@@ -56,5 +56,7 @@ def test_the_defaults_train_to_confident_predictions(shared_dir, tmp_path):
     scores = predict(tf.constant(batch))["scores"].numpy()
     labels = [tagger.class_names.index(row["label"]) for row in held_out]
     assert (scores.argmax(axis=1) == labels).mean() == 1.0, scores
-    # chance is 1/3; runs that never leave their warm-up end within 0.01 of it
-    assert scores.max(axis=1).mean() > 0.7, scores
+    # chance is 1/3. Measured: 0.79 with the defaults, 0.48 with the former learning rate (6e-5),
+    # 0.42 with the head at the backbone's rate; the new head's initial draw depends on what ran
+    # before in the process, hence the margin
+    assert scores.max(axis=1).mean() > 0.65, scores.max(axis=1).mean()

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from tiny_training import tiny_finetune_config, tiny_model, write_class_folders  # noqa: F401
+from tiny_training import best_values, checkpoint_values, tiny_finetune_config, tiny_model, write_class_folders  # noqa: F401
 
 from eat_keras.train.data import read_folder_dataset
 from eat_keras.train.prepare import PrepareSettings, PreparedData, prepare
@@ -179,16 +179,6 @@ def _log_rows(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _checkpoint_values(prefix: Path) -> dict[str, np.ndarray]:
-    reader = tf.train.load_checkpoint(str(prefix))
-    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in key}
-
-
-def _best_values(out: Path) -> dict[str, np.ndarray]:
-    manifest = json.loads((out / "best" / "eat_keras.json").read_text())
-    return _checkpoint_values(out / "best" / manifest["weights"])
-
-
 def _assert_identical(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
     assert sorted(got) == sorted(want)
     for key in want:
@@ -203,7 +193,7 @@ def _assert_trained(out: Path) -> list[dict[str, str]]:
         logged = {k: float(v) for k, v in row.items() if k.startswith(("train_", "val_"))}
         assert {"train_loss", "val_loss", "val_accuracy", "val_macro_f1"} <= set(logged), row
         assert all(math.isfinite(v) for v in logged.values()), row
-    values = _best_values(out)
+    values = best_values(out)
     assert values and all(np.isfinite(v).all() for v in values.values() if v.dtype.kind == "f")
     return rows
 
@@ -254,9 +244,9 @@ def test_two_workers_read_their_own_shards_and_end_with_identical_weights(prepar
     other = out / "workers" / "worker-1"  # the chief (worker 0) writes the run, worker 1 its copy
     rows = _assert_trained(out)
     assert (other / "log.csv").read_text() == (out / "log.csv").read_text() and len(rows) == EPOCHS
-    _assert_identical(_best_values(other), _best_values(out))
+    _assert_identical(best_values(other), best_values(out))
     last = f"checkpoints/ckpt-{EPOCHS}"  # weights, BatchNorm statistics, optimizer slots, RNG, counters
-    _assert_identical(_checkpoint_values(other / last), _checkpoint_values(out / last))
+    _assert_identical(checkpoint_values(other / last), checkpoint_values(out / last))
     chief_manifest, other_manifest = (json.loads((o / "best" / "eat_keras.json").read_text()) for o in (out, other))
     del chief_manifest["weights"], other_manifest["weights"]  # a file name unique to each save
     assert other_manifest == chief_manifest

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 from tensorflow.python.framework import config as tf_config
-from tiny_training import tiny_finetune_config, tiny_model, write_class_folders  # noqa: F401
+from tiny_training import best_values, checkpoint_values, tiny_finetune_config, tiny_model, write_class_folders  # noqa: F401
 from tolerances import OP_RTOL, assert_close
 
 import eat_keras.train.fit as fit_module
@@ -52,17 +52,6 @@ def uninterrupted(data_root, tiny_model, tmp_path_factory) -> Path:
     return _run(data_root, tmp_path_factory.mktemp("uninterrupted"), _config(tiny_model))
 
 
-def _checkpoint_values(prefix: Path) -> dict[str, np.ndarray]:
-    """Every tensor of a checkpoint: weights, BatchNorm statistics, optimizer slots, RNG state, counters."""
-    reader = tf.train.load_checkpoint(str(prefix))
-    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in key}
-
-
-def _best_weights(out: Path) -> dict[str, np.ndarray]:
-    manifest = json.loads((out / "best" / "eat_keras.json").read_text())
-    return _checkpoint_values(out / "best" / manifest["weights"])
-
-
 def _assert_same_values(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
     assert sorted(got) == sorted(want)
     for key, expected in want.items():
@@ -77,8 +66,8 @@ def _assert_same_run(got: Path, want: Path, epochs: int = 2) -> None:
     """The same log.csv, last checkpoint (weights, optimizers, RNG, counters) and best/ weights."""
     assert (got / "log.csv").read_text() == (want / "log.csv").read_text()
     last = f"ckpt-{epochs}"
-    _assert_same_values(_checkpoint_values(got / "checkpoints" / last), _checkpoint_values(want / "checkpoints" / last))
-    _assert_same_values(_best_weights(got), _best_weights(want))
+    _assert_same_values(checkpoint_values(got / "checkpoints" / last), checkpoint_values(want / "checkpoints" / last))
+    _assert_same_values(best_values(got), best_values(want))
 
 
 def test_two_runs_of_one_command_give_one_log_and_one_set_of_weights(data_root, tiny_model, uninterrupted, tmp_path):

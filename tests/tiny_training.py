@@ -62,3 +62,19 @@ def tiny_finetune_config(model: Path, **changes: Any) -> Any:
         last_lr_factor=1.0, patience=5,
     )  # fmt: skip
     return FinetuneConfig(**{**base, **changes})
+
+
+def checkpoint_values(prefix: Path) -> dict[str, Any]:
+    """Every tensor of a checkpoint: weights, BatchNorm statistics, optimizer slots, RNG state, counters."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in key}
+
+
+def best_values(run: Path) -> dict[str, Any]:
+    """Every tensor of a run's ``best/`` model folder."""
+    import json
+
+    manifest = json.loads((run / "best" / "eat_keras.json").read_text())
+    return checkpoint_values(run / "best" / manifest["weights"])
