@@ -424,5 +424,7 @@ def test_evaluating_a_prepared_side_equals_evaluating_its_files(prepared) -> Non
         _, from_files = evaluate(predict, examples, names, CLIP, batch_size=5)
         peaks = np.array([np.abs(load_audio(e.path)).max() for e in examples])
         assert from_shards.shape == from_files.shape == (len(examples), 3)
-        assert np.all(np.abs(from_shards - from_files) <= (peaks / 32767 * (1 + 1e-3))[:, None])
+        # one quantisation step, plus float32 rounding of a mean over a window (relative to its value)
+        bound = peaks[:, None] / 32767 + 1e-6 * np.abs(from_files)
+        assert np.all(np.abs(from_shards - from_files) <= bound)
         assert not np.allclose(from_shards[:, 1], from_shards[0, 1])  # the files differ: a real comparison
