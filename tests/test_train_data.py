@@ -503,3 +503,21 @@ def test_pipeline_errors_name_the_file(tmp_path: Path) -> None:
         make_dataset([cat], ["dog"], mode="train", clip_samples=SR, batch_size=2)
     with pytest.raises(ValueError, match="drop_remainder"):
         make_dataset([dog], ["dog"], mode="eval", clip_samples=SR, batch_size=1, drop_remainder=True)
+
+
+def test_rows_without_a_label_are_unlabelled_training_files_that_never_move_the_split(tmp_path):
+    rows = ["path,label"] + [f"{c}{i}.wav,{c}" for c in "ab" for i in range(10)] + [f"u{i}.wav," for i in range(4)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    examples = read_manifest(tmp_path / "m.csv")
+    assert sum(e.label is None for e in examples) == 4
+    assert data_module.class_names_of(examples) == ["a", "b"]
+    sides = split_examples(examples, val_fraction=0.2, seed=3)
+    labelled_only = split_examples([e for e in examples if e.label is not None], val_fraction=0.2, seed=3)
+    assert {e.path for e in sides["train"] if e.label is None} == {e.path for e in examples if e.label is None}
+    for side in ("val", "test"):
+        assert sides[side] == labelled_only[side]
+    report = split_report(sides).splitlines()
+    assert next(line for line in report if line.startswith("unlabelled")).split() == ["unlabelled", "4", "0", "0", "4"]
+    stray = [dataclasses.replace(examples[-1], split="val"), *[dataclasses.replace(e, split="train") for e in examples[:-1]]]
+    with pytest.raises(EatKerasError, match="unlabelled file"):
+        split_examples(stray)

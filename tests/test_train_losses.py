@@ -19,7 +19,9 @@ from eat_keras.train.losses import (
     class_balanced_loss,
     class_balanced_weights,
     cross_entropy,
+    distillation_loss,
     supervised_contrastive_loss,
+    teacher_probabilities,
 )
 
 # The seed recipe's hard-coded class counts (spec §7.2).
@@ -328,3 +330,54 @@ def test_an_unregistered_term_is_refused() -> None:
     assert "toy" not in LOSS_TERMS
     with pytest.raises(ConfigError, match="must be among"):
         FinetuneConfig(loss_terms={"toy": 1.0})
+
+
+# --- distillation and unlabelled rows --------------------------------------------------------
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_softmax_distillation_is_t_squared_kl_of_softened_scores(case: dict, temperature: float) -> None:
+    teacher = case["logits"][::-1].copy()
+    p = np.exp(_np_log_softmax(teacher.astype(np.float64) / temperature))
+    log_q = _np_log_softmax(case["logits"].astype(np.float64) / temperature)
+    want = temperature**2 * float(np.mean(np.sum(p * (np.log(p) - log_q), axis=1)))
+    probs = teacher_probabilities(teacher, "softmax", temperature)
+    np.testing.assert_allclose(probs.numpy(), p, rtol=1e-5)
+    _close(distillation_loss(probs, case["logits"], temperature, "softmax"), want)
+    _close(distillation_loss(probs, teacher, temperature, "softmax"), 0.0)  # the teacher itself: KL 0
+
+
+def test_sigmoid_distillation_is_upstreams_bce_against_softened_teacher_probabilities(case: dict) -> None:
+    teacher, temperature = case["logits"][::-1].copy(), 2.0
+    p = _np_sigmoid(teacher.astype(np.float64) / temperature)
+    z = case["logits"].astype(np.float64)
+    want = float(np.mean(np.sum(-(p * np.log(_np_sigmoid(z)) + (1 - p) * np.log(1 - _np_sigmoid(z))), axis=1)))
+    _close(distillation_loss(teacher_probabilities(teacher, "sigmoid", temperature), z, temperature, "sigmoid"), want)
+
+
+def test_rows_without_labels_add_only_the_distillation_term(case: dict) -> None:
+    """Rows of label weight 0 may carry any target: the loss and its gradient do not change; a
+    row mixed with an unlabelled partner counts for its labelled share."""
+    loss = CombinedLoss(terms={"cb": 0.4, "supcon": 0.1, "kd": 0.5}, class_counts=np.array([5, 3, 2, 4]))
+    logits = tf.constant(case["logits"])
+    embeddings = tf.constant(np.random.default_rng(1).normal(size=(6, 5)), tf.float32)
+    weight = tf.constant([1.0, 0.0, 0.7, 0.0, 1.0, 1.0])
+    probs = teacher_probabilities(case["logits"][::-1].copy(), "softmax", 2.0)
+
+    def value_and_gradient(targets: np.ndarray) -> tuple[dict, np.ndarray]:
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            total, terms = loss(tf.constant(targets, tf.float32), logits, embeddings, label_weight=weight, teacher_probs=probs)
+        return {"total": float(total), **{k: float(v) for k, v in terms.items()}}, tape.gradient(total, logits).numpy()
+
+    right, grad_right = value_and_gradient(case["onehot"])
+    wrong_targets = case["onehot"].copy()
+    wrong_targets[[1, 3]] = np.eye(4)[[3, 2]]  # other labels on the unlabelled rows
+    wrong, grad_wrong = value_and_gradient(wrong_targets)
+    assert right == wrong
+    np.testing.assert_array_equal(grad_right, grad_wrong)
+    w = weight.numpy()
+    cb_weights = class_balanced_weights([5, 3, 2, 4])
+    per_row = -(case["onehot"] * cb_weights * _np_log_softmax(case["logits"].astype(np.float64))).sum(axis=1)
+    _close(right["cb"], float((w * per_row).sum() / w.sum()))
+    assert np.abs(grad_right[[1, 3]]).sum() > 0  # the unlabelled rows still learn from the teacher

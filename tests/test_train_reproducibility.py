@@ -17,7 +17,14 @@ import pytest
 import tensorflow as tf
 import tf_keras
 from tensorflow.python.framework import config as tf_config
-from tiny_training import best_values, checkpoint_values, tiny_finetune_config, tiny_model, write_class_folders  # noqa: F401
+from tiny_training import (  # noqa: F401
+    best_values,
+    checkpoint_values,
+    interrupting_epoch_2,
+    tiny_finetune_config,
+    tiny_model,
+    write_class_folders,
+)
 from tolerances import OP_RTOL, assert_close
 
 import eat_keras.train.fit as fit_module
@@ -77,32 +84,10 @@ def test_two_runs_of_one_command_give_one_log_and_one_set_of_weights(data_root, 
     _assert_same_run(again, uninterrupted)
 
 
-def _interrupting_epoch_2(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Ctrl-C after the first step of epoch 2 (one update applied, epoch 1 checkpointed); returns
-    whether op determinism was on then."""
-    seen: list[bool] = []
-    saved = []
-    real_save, real_update = fit_module._Training.save_epoch, tf_keras.utils.Progbar.update
-
-    def save_epoch(self, *args, **kwargs):
-        real_save(self, *args, **kwargs)
-        saved.append(True)
-
-    def update(self, current, *args, **kwargs):
-        if saved and current == 1:
-            seen.append(tf_config.is_op_determinism_enabled())
-            raise KeyboardInterrupt
-        return real_update(self, current, *args, **kwargs)
-
-    monkeypatch.setattr(fit_module._Training, "save_epoch", save_epoch)
-    monkeypatch.setattr(tf_keras.utils.Progbar, "update", update)
-    return seen
-
-
 def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(data_root, tiny_model, uninterrupted, tmp_path):
     out, config = tmp_path / "killed", _config(tiny_model)
     with pytest.MonkeyPatch.context() as mp:
-        seen = _interrupting_epoch_2(mp)
+        seen = interrupting_epoch_2(mp)
         with pytest.raises(KeyboardInterrupt):
             finetune(read_folder_dataset(data_root), out, config, verbose=False)
     assert seen == [True] and not tf_config.is_op_determinism_enabled()

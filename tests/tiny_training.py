@@ -78,3 +78,30 @@ def best_values(run: Path) -> dict[str, Any]:
 
     manifest = json.loads((run / "best" / "eat_keras.json").read_text())
     return checkpoint_values(run / "best" / manifest["weights"])
+
+
+def interrupting_epoch_2(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Ctrl-C after the first step of epoch 2 (one update applied, epoch 1 checkpointed); returns
+    whether op determinism was on then."""
+    import tf_keras
+    from tensorflow.python.framework import config as tf_config
+
+    import eat_keras.train.fit as fit_module
+
+    seen: list[bool] = []
+    saved = []
+    real_save, real_update = fit_module._Training.save_epoch, tf_keras.utils.Progbar.update
+
+    def save_epoch(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        saved.append(True)
+
+    def update(self, current, *args, **kwargs):
+        if saved and current == 1:
+            seen.append(tf_config.is_op_determinism_enabled())
+            raise KeyboardInterrupt
+        return real_update(self, current, *args, **kwargs)
+
+    monkeypatch.setattr(fit_module._Training, "save_epoch", save_epoch)
+    monkeypatch.setattr(tf_keras.utils.Progbar, "update", update)
+    return seen

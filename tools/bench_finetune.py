@@ -53,6 +53,12 @@ def imbalanced(examples: list[Example], seed: int = 0) -> list[Example]:
     return sorted(kept, key=lambda e: e.path)
 
 
+def esc10_examples(shared: str) -> list[Example]:
+    """ESC-10 (folds 1-4) from the shared folder."""
+    data = Path(shared) / "data" / "esc10"
+    return read_esc50_manifest(data / "esc10.csv", data / "audio")
+
+
 def write_manifest(examples: list[Example], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("path,label\n" + "".join(f"{e.path},{e.label}\n" for e in examples))
@@ -90,8 +96,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("balanced", "imbalanced"))
     parser.add_argument("--ablate-losses", action="store_true", help="also run the imbalanced set with --loss ce and --loss cb")
     args = parser.parse_args()
-    data = Path(args.shared) / "data" / "esc10"
-    examples = read_esc50_manifest(data / "esc10.csv", data / "audio")
+    examples = esc10_examples(args.shared)
     out = Path(args.out).resolve()
     model = os.environ.get("BENCH_MODEL", "mn04_as")
     folds123 = [e for e in examples if e.fold in ("1", "2", "3")]

@@ -319,6 +319,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _in_class_order(runner: Any, class_names: list[str]) -> Any:
+    """``runner``'s logits with their columns in the order of ``class_names`` (a student and its
+    teacher may list the same classes in another order); other classes are refused."""
+    if runner.class_names == class_names:
+        return runner.logits
+    if sorted(runner.class_names) != sorted(class_names):
+        raise EatKerasError("the two artifacts have different class names")
+    order = [runner.class_names.index(name) for name in class_names]
+    return lambda waveforms: runner.logits(waveforms)[:, order]
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     _check_evaluation_flags(args)  # before TensorFlow is imported: a typo fails at once
     from eat_keras.runners import evaluation_window, load_runner
@@ -326,14 +337,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     runner_a = load_runner(args.a, args.labels)
     runner_b = load_runner(args.b, args.labels, reference=runner_a)
-    if runner_a.class_names != runner_b.class_names:
-        raise EatKerasError("the two artifacts have different class names")
+    logits_b = _in_class_order(runner_b, runner_a.class_names)
     examples = _evaluation_data(args)
     windows = [evaluation_window(runner, args.clip_seconds) for runner in (runner_a, runner_b)]
     for side, runner, window in zip("AB", (runner_a, runner_b), windows):
         print(f"{side} {runner.name}: {window.describe()}, each file's windows averaged", flush=True)
     result = verify(
-        runner_a.logits, runner_b.logits, examples, runner_a.class_names,
+        runner_a.logits, logits_b, examples, runner_a.class_names,
         (windows[0].samples, windows[1].samples), args.batch_size,
         centre_rows=not (runner_a.logits_exact and runner_b.logits_exact), progress=True,
     )
@@ -408,7 +418,10 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         default = getattr(defaults, field.name)
         flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
         options = _flag_options(hints[field.name], default)
-        if "choices" in field.metadata:
+        if field.metadata.get("repeatable"):
+            options["action"] = "extend"  # --teacher A --teacher B
+            options["metavar"] = flag.lstrip("-").upper().replace("-", "_")
+        elif "choices" in field.metadata:
             options["choices"] = field.metadata["choices"]
         elif "action" not in options:
             options["metavar"] = "NAME=WEIGHT" if field.name == "loss_terms" else flag.lstrip("-").upper().replace("-", "_")
@@ -460,6 +473,32 @@ def _add_evaluation_parsers(sub: Any) -> None:
         p.set_defaults(func=cmd_evaluate if name == "evaluate" else cmd_verify)
 
 
+def cmd_teacher_logits(args: argparse.Namespace) -> int:
+    _check_evaluation_flags(args)  # before TensorFlow is imported: a typo fails at once
+    from eat_keras.train.teacher import compute_teacher_logits
+
+    count, seconds = compute_teacher_logits(
+        args.teachers, args.data, args.out, args.clip_seconds, args.batch_size, args.unlabelled
+    )
+    print(f"wrote {args.out}: teacher logits of {count} files in windows of {seconds:g} s")
+    return 0
+
+
+def _add_teacher_logits_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "teacher-logits", help="score training files with teacher model(s) once, for finetune --teacher-logits",
+        description="Run one or more teachers (their logits averaged) over consecutive windows of every training file "
+        "and write the logits, keyed by path, for eat-keras finetune --teacher-logits FILE.",
+    )  # fmt: skip
+    p.add_argument("teachers", nargs="+", help="model folders (a run's best/), presets, weight files or SavedModels")
+    p.add_argument("data", help="a folder made by eat-keras prepare (its training side), or a data set (all its files)")
+    p.add_argument("--out", required=True, help="the .npz file to write")
+    p.add_argument("--unlabelled", help="folder of unlabelled audio to score as well (with a data set)")
+    p.add_argument("--clip-seconds", type=float, help="window length (default: the clip length finetune chooses for the files)")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per batch (default: 16)")
+    p.set_defaults(func=cmd_teacher_logits)
+
+
 def _add_presets_parser(sub: Any) -> None:
     p = sub.add_parser("presets", help="list the pretrained models")
     p.set_defaults(func=cmd_presets)
@@ -474,10 +513,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, val_folds=args.val_folds,
         test_folds=args.test_folds, files_per_shard=args.files_per_shard, min_shards=args.min_shards,
     )  # fmt: skip
+    beam_options = getattr(args, "pipeline_args", [])
+    if beam_options and args.runner is None:
+        raise EatKerasError(f"unrecognized arguments: {' '.join(beam_options)} (Beam pipeline options need --runner)")
     examples = read_dataset(args.data, group_pattern=args.group_pattern)  # finetune's groups, so its split
-    prepared = prepare(
-        examples, args.out, settings, processes=args.processes, on_error=args.on_error, source=str(Path(args.data).resolve())
-    )
+    if args.runner is not None:  # the same shards and manifest, written by Beam workers
+        from eat_keras.beam.cli import prepare_on_beam
+
+        prepared = prepare_on_beam(args, examples, settings)
+    else:
+        prepared = prepare(
+            examples, args.out, settings, processes=args.processes, on_error=args.on_error, source=str(Path(args.data).resolve())
+        )
     sides = []
     for side in ("train", "val", "test"):
         if prepared.shard_paths(side):
@@ -517,6 +564,10 @@ def _add_prepare_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=split.seed, help="seed of the split (default: %(default)s)")
     group_help = next(f.metadata["help"] for f in dataclasses.fields(FinetuneConfig) if f.name == "group_pattern")
     p.add_argument("--group-pattern", help=group_help)
+    from eat_keras.beam.cli import add_runner_flag
+
+    runner_help = "write the shards on this Apache Beam runner (FnApiRunner, DataflowRunner, FlinkRunner, ...) instead of"
+    add_runner_flag(p, f"{runner_help} local processes; further Beam options as --name=value (docs/beam.md)")
     p.set_defaults(func=cmd_prepare)
 
 
@@ -584,11 +635,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluation_parsers(sub)
     _add_presets_parser(sub)
     _add_prepare_parser(sub)
+    _add_teacher_logits_parser(sub)
+    _add_tag_corpus_parser(sub)
     return parser
 
 
+def _add_tag_corpus_parser(sub: Any) -> None:
+    from eat_keras.beam.cli import add_tag_corpus_parser  # imports neither Beam nor TensorFlow
+
+    add_tag_corpus_parser(sub)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # the Beam commands pass the flags they do not define on as pipeline options
+    args, pipeline_args = parser.parse_known_args(argv)
+    args.pipeline_args = pipeline_args
+    if args.pipeline_args and not getattr(args, "takes_pipeline_options", False):
+        parser.error(f"unrecognized arguments: {' '.join(args.pipeline_args)}")
     if args.verbose:
         return _run(args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's own INFO and WARNING lines

@@ -23,7 +23,7 @@ import tf_keras
 
 from eat_keras.frontend import FrontendConfig, kaldi_mel_banks, log_mel_from_power, normalize, power_spectrogram
 
-__all__ = ["GeneratorDropout", "MixupResult", "mixup", "random_gain", "time_roll", "training_log_mel"]
+__all__ = ["GeneratorDropout", "MixupResult", "mix_as", "mixup", "random_gain", "time_roll", "training_log_mel"]
 
 
 class MixupResult(NamedTuple):
@@ -70,6 +70,12 @@ def mixup(
     lam = tf.cast(tf.maximum(lam, 1.0 - lam), tf.float32)
     perm = tf.random.experimental.stateless_shuffle(tf.range(batch), seeds[:, 2])
     return MixupResult(_mix(x, lam, perm), _mix(targets, lam, perm), lam, perm)
+
+
+def mix_as(values: tf.Tensor, mixed: MixupResult) -> tf.Tensor:
+    """``values`` (one row per example) mixed with the pairs and weights of an earlier :func:`mixup`:
+    a teacher's log-mels or scores follow the student's mix."""
+    return _mix(values, mixed.lam, mixed.perm)
 
 
 def random_gain(

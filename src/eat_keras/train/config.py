@@ -18,6 +18,7 @@ from eat_keras.errors import ConfigError
 from eat_keras.models.config import LABEL_TYPES
 from eat_keras.tagging import MIN_SECONDS
 from eat_keras.train.loss_table import (
+    DEFAULT_DISTILLATION_LOSS_TERMS,
     DEFAULT_LOSS_TERMS,
     check_loss_settings,
     check_loss_terms,
@@ -73,11 +74,24 @@ class FinetuneConfig:
     warmup_fraction: float = _option(0.1, "share of the run spent in the exponential learning-rate warm-up")
     last_lr_factor: float = _option(0.01, "learning-rate factor reached at the end of the run's linear decay")
     loss_terms: dict[str, float] = _option(
-        help="weighted loss terms, NAME=WEIGHT (a NAME alone weighs 1)", flag="--loss",
-        factory=lambda: dict(DEFAULT_LOSS_TERMS),
+        help="weighted loss terms, NAME=WEIGHT (a NAME alone weighs 1); with a teacher and no --loss: "
+        + " ".join(f"{k}={v:g}" for k, v in DEFAULT_DISTILLATION_LOSS_TERMS.items()),
+        flag="--loss", factory=lambda: dict(DEFAULT_LOSS_TERMS),
     )  # fmt: skip
     # the loss terms' own settings (cb_beta, ...): one flag each, from the loss table
     loss_settings: dict[str, float] = _option(help="loss term settings", factory=default_loss_settings)
+    teachers: list[str] | None = _option(
+        None, "teacher for distillation: a model folder (a run's best/), preset, weight file or SavedModel, run "
+        "on the student's augmented clips; repeat the flag for an ensemble (logits averaged)", flag="--teacher",
+        repeatable=True,
+    )  # fmt: skip
+    teacher_logits: list[str] | None = _option(
+        None, "precomputed teacher logits instead of --teacher: FILE.npz from eat-keras teacher-logits, or "
+        "upstream's ARRAY.npy FILE_LIST",
+    )  # fmt: skip
+    unlabelled: str | None = _option(
+        None, "folder of unlabelled audio (any depth) added to the training side; it trains through the kd term only"
+    )
     label_type: str = _option(
         "single_label", "softmax scores (one class per file) or sigmoid scores", choices=LABEL_TYPES
     )
@@ -106,7 +120,13 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         self.loss_settings = {**default_loss_settings(), **self.loss_settings}
+        if self.has_teacher and self.loss_terms == dict(DEFAULT_LOSS_TERMS):
+            self.loss_terms = dict(DEFAULT_DISTILLATION_LOSS_TERMS)  # the default loss, with its kd term
         self.validate()
+
+    @property
+    def has_teacher(self) -> bool:
+        return bool(self.teachers) or bool(self.teacher_logits)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for a setting no run can use; :func:`finetune` calls it
@@ -134,10 +154,23 @@ class FinetuneConfig:
                 f"clip_seconds must be between {MIN_SECONDS:g} and {MAX_CLIP_SECONDS:g} s, got {self.clip_seconds}"
             )
         check_loss_terms(self.loss_terms)
+        self._check_teacher()
         # the pattern itself is checked against the file names, when the data are read
         if self.group_pattern is not None and not isinstance(self.group_pattern, str):
             raise ConfigError(f"group_pattern must be a string, got {self.group_pattern!r}")
         check_loss_settings(self.loss_settings)
+
+    def _check_teacher(self) -> None:
+        """A teacher needs the kd term and the kd term a teacher; one kind of teacher at a time."""
+        if self.teachers and self.teacher_logits:
+            raise ConfigError("give --teacher or --teacher-logits, not both")
+        if self.teacher_logits is not None and not 1 <= len(self.teacher_logits) <= 2:
+            raise ConfigError("--teacher-logits takes FILE.npz, or ARRAY.npy and its FILE_LIST")
+        uses_kd = self.loss_terms.get("kd", 0) > 0
+        if self.has_teacher and not uses_kd:
+            raise ConfigError("a teacher is given, but --loss has no kd term: add kd=WEIGHT (e.g. kd=0.5)")
+        if uses_kd and not self.has_teacher:
+            raise ConfigError("the kd loss term needs a teacher: --teacher MODEL or --teacher-logits FILE")
 
     def with_clip_seconds(self, num_samples: list[int], sample_rate: int) -> FinetuneConfig:
         """This configuration with its clip length fixed: ``clip_seconds`` when given, else the

@@ -61,6 +61,7 @@ __all__ = [
     "read_folder_dataset",
     "read_dataset",
     "read_manifest",
+    "read_unlabelled_folder",
     "split_examples",
     "split_report",
 ]
@@ -85,14 +86,15 @@ _MAX_LISTED = 5  # leaks named in one error message
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """One labelled audio file.
+    """One audio file and its label; ``label`` is ``None`` for an unlabelled file, which trains
+    only through distillation and is always on the training side.
 
     ``group`` ties files cut from one recording; a split keeps a group on one side. ``split``
     (train/val/test) and ``fold`` are optional assignments a manifest can carry.
     """
 
     path: str
-    label: str
+    label: str | None
     group: str | None = None
     split: str | None = None
     fold: str | None = None
@@ -127,6 +129,21 @@ def read_folder_dataset(root: str | os.PathLike[str], group_pattern: str | None 
     return groups_from_names(examples, group_pattern)
 
 
+def read_unlabelled_folder(root: str | os.PathLike[str]) -> list[Example]:
+    """Every audio file under ``root`` (any depth; hidden ones skipped) as an unlabelled example."""
+    root_path = Path(root).expanduser()
+    if not root_path.is_dir():
+        raise EatKerasError(f"{root_path}: folder of unlabelled audio not found")
+    files = sorted(
+        f for f in root_path.rglob("*")
+        if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file()
+        and not any(part.startswith(".") for part in f.relative_to(root_path).parts)
+    )  # fmt: skip
+    if not files:
+        raise EatKerasError(f"{root_path}: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
+    return [Example(path=str(f.resolve()), label=None) for f in files]
+
+
 def read_manifest(
     csv_path: str | os.PathLike[str],
     path_column: str = "path",
@@ -136,6 +153,7 @@ def read_manifest(
     fold_column: str | None = None,
 ) -> list[Example]:
     """Read a CSV manifest with one row per file; relative paths resolve against the CSV's folder.
+    A row with an empty label is an unlabelled file (distillation).
 
     The optional columns default to ``group``, ``split`` and ``fold`` when the CSV has columns of
     those names. Split values are normalised to train/val/test (``validation``, ``dev``, ... are
@@ -337,10 +355,8 @@ def _examples_from_rows(
     examples = []
     for line, row in rows:
         path, label = _cell(row, path_column), _cell(row, label_column)
-        if path is None or label is None:
-            raise EatKerasError(
-                f"{csv_file}, line {line}: empty {path_column!r} or {label_column!r}"
-            )
+        if path is None:
+            raise EatKerasError(f"{csv_file}, line {line}: empty {path_column!r}")
         split = _cell(row, split_column)
         examples.append(
             Example(
@@ -370,7 +386,7 @@ def check_unique_files(examples: Iterable[Example], source: str | None = None) -
     a file under two labels lands on both sides of a split and teaches the model a coin toss."""
     labels: dict[str, list[str]] = defaultdict(list)
     for e in examples:
-        labels[os.path.realpath(e.path)].append(e.label)
+        labels[os.path.realpath(e.path)].append(e.label if e.label is not None else "unlabelled")
     conflicts = [
         f"{p} ({', '.join(sorted(set(ls)))})" for p, ls in labels.items() if len(set(ls)) > 1
     ]
@@ -397,16 +413,17 @@ def _first_few(items: Sequence[str]) -> str:
 
 
 def class_names_of(examples: Iterable[Example]) -> list[str]:
-    """Sorted unique labels: the class id of a label is its position in this list."""
-    return sorted({e.label for e in examples})
+    """Sorted unique labels (unlabelled files have none): the class id of a label is its position in this list."""
+    return sorted({e.label for e in examples if e.label is not None})
 
 
 def class_counts(examples: Iterable[Example], class_names: Sequence[str]) -> np.ndarray:
-    """``int64 [C]`` number of examples per class, in ``class_names`` order (zeros included)."""
+    """``int64 [C]`` number of labelled examples per class, in ``class_names`` order (zeros included)."""
     index = _class_index(class_names)
     counts = np.zeros(len(class_names), dtype=np.int64)
     for e in examples:
-        counts[_label_id(index, e)] += 1
+        if e.label is not None:
+            counts[_label_id(index, e)] += 1
     return counts
 
 
@@ -450,12 +467,44 @@ def split_examples(
 
     Groups are ranked per class by a hash of ``(seed, group)``, so the result does not depend on the
     input order, changes with the seed, and moves few files when files are added to the data set.
+    Unlabelled files (distillation) all go to the training side, and never change the labelled
+    files' sides.
     """
     _check_fractions(val_fraction, test_fraction)
-    ordered = sorted(examples, key=_sort_key)
-    if not ordered:
+    everything = sorted(examples, key=_sort_key)
+    if not everything:
         raise EatKerasError("no examples to split")
-    check_unique_files(ordered)
+    check_unique_files(everything)
+    unlabelled = _training_only(everything)
+    labelled = [e for e in everything if e.label is not None]
+    sides = _split_labelled(labelled, val_fraction, test_fraction, seed, test_folds, val_folds)
+    if unlabelled:
+        sides["train"] = sorted([*sides["train"], *unlabelled], key=_sort_key)
+    return sides
+
+
+def _training_only(examples: list[Example]) -> list[Example]:
+    """The unlabelled examples; one a manifest puts on another side than train is refused."""
+    unlabelled = [e for e in examples if e.label is None]
+    elsewhere = [e.path for e in unlabelled if e.split is not None and _side_name(e.split, e.path) != "train"]
+    if elsewhere:
+        raise EatKerasError(
+            f"{len(elsewhere)} unlabelled file(s) are given a validation or test split ({_first_few(elsewhere)}): "
+            "files without a label train only (through distillation); give them a label or the train split"
+        )
+    return unlabelled
+
+
+def _split_labelled(
+    ordered: list[Example],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    test_folds: Iterable[str | int] | None,
+    val_folds: Iterable[str | int] | None,
+) -> dict[str, list[Example]]:
+    if not ordered:
+        raise EatKerasError("no labelled files to split")
     names = class_names_of(ordered)
     if len(names) < 2:
         raise EatKerasError(
@@ -534,7 +583,7 @@ def _fold_split(
 
 
 def _sort_key(e: Example) -> tuple[str, str, str, str, str]:
-    return (e.path, e.label, e.group or "", e.split or "", e.fold or "")
+    return (e.path, e.label or "", e.group or "", e.split or "", e.fold or "")
 
 
 def _fold_set(folds: Iterable[str | int] | None) -> set[str]:
@@ -598,7 +647,7 @@ def split_report(splits: Mapping[str, Sequence[Example]]) -> str:
     sides = list(splits)
     names = class_names_of(e for items in splits.values() for e in items)
     per_side = {side: class_counts(splits[side], names) for side in sides}
-    width = max([len("class"), len("total"), len("groups")] + [len(n) for n in names])
+    width = max([len("class"), len("total"), len("unlabelled")] + [len(n) for n in names])
     col = max([6] + [len(s) + 1 for s in sides])
 
     def line(name: str, values: Sequence[int]) -> str:
@@ -608,6 +657,9 @@ def split_report(splits: Mapping[str, Sequence[Example]]) -> str:
     lines = [f"{'class':<{width}}" + "".join(f"{s:>{col}}" for s in sides) + f"{'total':>{col}}"]
     for i, name in enumerate(names):
         lines.append(line(name, [int(per_side[s][i]) for s in sides]))
+    unlabelled = [sum(e.label is None for e in splits[s]) for s in sides]
+    if any(unlabelled):
+        lines.append(line("unlabelled", unlabelled))
     lines.append(line("total", [len(splits[s]) for s in sides]))
     if any(e.group is not None for items in splits.values() for e in items):
         lines.append(line("groups", [len({_unit_of(e) for e in splits[s]}) for s in sides]))
@@ -801,7 +853,7 @@ def make_dataset(
 
     _check_dataset_arguments(examples, mode, clip_samples, batch_size, drop_remainder, first_epoch)
     index = _class_index(class_names)
-    labels = np.array([_label_id(index, e) for e in examples], dtype=np.int32)
+    labels = np.array([-1 if e.label is None else _label_id(index, e) for e in examples], dtype=np.int32)
     paths = [e.path for e in examples]
     if mode == "eval" and cache is None:  # one pass: decode each file as it comes, keep none
         generator, num_elements = _streamed_evaluation_elements(paths, labels, clip_samples), None

@@ -56,12 +56,21 @@ from eat_keras.models.heads import MLPHead
 from eat_keras.models.saving import save_tagger
 from eat_keras.train import augment
 from eat_keras.train.config import MONITORS, FinetuneConfig
-from eat_keras.train.data import SIDES, Example, class_counts, groups_from_names, split_examples, split_report
+from eat_keras.train.data import (
+    SIDES,
+    Example,
+    class_counts,
+    groups_from_names,
+    read_unlabelled_folder,
+    split_examples,
+    split_report,
+)
 from eat_keras.train.evaluate import NonFiniteLogitsError, dataset_logits, report_of, true_ids
 from eat_keras.train.losses import CombinedLoss, cross_entropy
 from eat_keras.train.metrics import ClassificationReport
 from eat_keras.train.prepare import PreparedData, PrepareSettings, prepared_for_run
 from eat_keras.train.shards import prepared_dataset, worker_entries
+from eat_keras.train.teacher import OnlineTeacher, PrecomputedTeacher, read_teacher_logits
 
 __all__ = [
     "MONITORS",
@@ -267,7 +276,7 @@ class _RunFolder:
 
 def _split_rows(splits: dict[str, list[Example]]) -> list[list[str]]:
     """``split.csv`` rows (as ``csv.reader`` reads them back): path, label, group, side."""
-    return [[e.path, e.label, e.group or "", side] for side, examples in splits.items() for e in examples]
+    return [[e.path, e.label or "", e.group or "", side] for side, examples in splits.items() for e in examples]
 
 
 def _split_differences(stored: list[list[str]], now: list[list[str]]) -> str:
@@ -352,14 +361,16 @@ class FinetuneResult:
 
 @dataclasses.dataclass
 class _RunInputs:
-    """A run's checked inputs: the prepared data and their split, the class names, the loss and
-    the clip length."""
+    """A run's checked inputs: the prepared data and their split, the class names, the loss, the
+    clip length and the teacher."""
 
     prepared: PreparedData
     splits: dict[str, list[Example]]
     class_names: list[str]
     loss: CombinedLoss
     clip_samples: int
+    teacher: OnlineTeacher | PrecomputedTeacher | None = None
+    has_unlabelled: bool = False  # training files without a label: they train through kd alone
 
 
 def _checked_inputs(
@@ -385,7 +396,28 @@ def _checked_inputs(
             f"{prepared.folder} holds audio at {prepared.sample_rate} Hz, the model takes {base.config.frontend.sample_rate} Hz"
         )
     clip_samples = seconds_to_samples(config.clip_seconds, base.config.frontend.sample_rate)
-    return _RunInputs(prepared, splits, class_names, loss, clip_samples), config
+    unlabelled = _unlabelled_count(splits["train"], config)
+    teacher = _teacher(config, prepared, class_names)
+    return _RunInputs(prepared, splits, class_names, loss, clip_samples, teacher, unlabelled > 0), config
+
+
+def _unlabelled_count(examples: Sequence[Example], config: FinetuneConfig) -> int:
+    """The files without a label; refused without a teacher, as they would train nothing."""
+    unlabelled = sum(e.label is None for e in examples)
+    if unlabelled and not config.has_teacher:
+        raise EatKerasError(
+            f"{unlabelled} training file(s) have no label: they train only through distillation (--teacher or "
+            "--teacher-logits); label them or leave them out"
+        )
+    return unlabelled
+
+
+def _teacher(config: FinetuneConfig, prepared: PreparedData, class_names: list[str]) -> OnlineTeacher | PrecomputedTeacher | None:
+    if config.teachers:
+        return OnlineTeacher(config.teachers, class_names)
+    if config.teacher_logits:
+        return PrecomputedTeacher(read_teacher_logits(config.teacher_logits), prepared, class_names, prepared.sample_rate)
+    return None
 
 
 @dataclasses.dataclass
@@ -476,12 +508,13 @@ def _first_epoch(state: _TrainingState, config: FinetuneConfig, say: Callable[[s
 
 
 def _train_step_function(
-    state: _TrainingState, loss_fn: CombinedLoss, config: FinetuneConfig, strategy: tf.distribute.Strategy
+    state: _TrainingState, inputs: _RunInputs, config: FinetuneConfig, strategy: tf.distribute.Strategy
 ) -> Callable[[dict[str, tf.Tensor], bool], dict[str, tf.Tensor]]:
-    """One distributed training step: waveform augmentations, front-end, mixup, loss, and one
-    update per trained depth level; returns the loss and its terms averaged over the replicas."""
+    """One distributed training step: waveform augmentations, front-end, mixup, the teacher's
+    targets, loss, and one update per trained depth level; returns the loss and its terms averaged
+    over the replicas."""
     tagger, groups, optimizers, rng = state.tagger, state.groups, state.optimizers, state.rng
-    replicas = strategy.num_replicas_in_sync
+    replicas, loss_fn = strategy.num_replicas_in_sync, inputs.loss
 
     def step_fn(batch: dict[str, tf.Tensor], train_backbone: bool) -> dict[str, tf.Tensor]:
         waveform, target = batch["waveform"], batch["target"]
@@ -491,13 +524,18 @@ def _train_step_function(
             waveform = augment.time_roll(waveform, config.roll_samples, rng)
         active = groups if train_backbone else groups[-1:]
         variables = [v for g in active for v in g]
+        mel = augment.training_log_mel(tagger.frontend.config, waveform, rng)  # no weights: outside the tape
+        mix = None
+        if config.mixup_alpha > 0:
+            mixed = augment.mixup(mel, target, config.mixup_alpha, rng)
+            mel, target = mixed.x, mixed.targets
+            mix = lambda x: augment.mix_as(x, mixed)  # noqa: E731
+        extra = _distillation_inputs(inputs, config, batch, waveform, mix)
+        if "label_weight" in extra:
+            target = tf.math.divide_no_nan(target, extra["label_weight"][:, tf.newaxis])
         with tf.GradientTape() as tape:
-            mel = augment.training_log_mel(tagger.frontend.config, waveform, rng)
-            if config.mixup_alpha > 0:
-                mixed = augment.mixup(mel, target, config.mixup_alpha, rng)
-                mel, target = mixed.x, mixed.targets
             out = tagger.net(mel, training=True)
-            total, terms = loss_fn(target, out["logits"], out["embedding"])
+            total, terms = loss_fn(target, out["logits"], out["embedding"], **extra)
             scaled = total / replicas  # the global batch's mean once the replicas' gradients sum
         grads = tape.gradient(scaled, variables)
         start = 0
@@ -512,6 +550,22 @@ def _train_step_function(
         return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in per_replica.items()}
 
     return train_step
+
+
+def _distillation_inputs(
+    inputs: _RunInputs, config: FinetuneConfig, batch: dict[str, tf.Tensor], waveform: tf.Tensor, mix: Any
+) -> dict[str, tf.Tensor]:
+    """The loss inputs of distillation: ``teacher_probs`` (the teacher's softened scores for the
+    augmented, mixed rows) and, where the data hold unlabelled files, ``label_weight`` (each row's
+    labelled share after mixup: the label terms weigh rows by it)."""
+    extra: dict[str, tf.Tensor] = {}
+    if inputs.teacher is not None:
+        temperature = config.loss_settings["kd_temperature"]
+        extra["teacher_probs"] = inputs.teacher.targets(batch, waveform, mix, config.loss_form, temperature)
+    if inputs.has_unlabelled:
+        labelled = tf.cast(batch["label"] >= 0, tf.float32)
+        extra["label_weight"] = mix(labelled) if mix is not None else labelled
+    return extra
 
 
 # --- the epochs ------------------------------------------------------------------------------
@@ -532,7 +586,7 @@ class _Training:
     ) -> None:
         self.config, self.run, self.inputs, self.state = config, run, inputs, state
         self.strategy, self.say = strategy, say
-        self.train_step = _train_step_function(state, inputs.loss, config, strategy)
+        self.train_step = _train_step_function(state, inputs, config, strategy)
         predict_fn = tf.function(
             lambda w: state.tagger(w, training=False)["logits"],
             input_signature=[tf.TensorSpec([None, inputs.clip_samples], tf.float32)],
@@ -748,8 +802,16 @@ def finetune(
     _check_batch_splits(config, strategy)
     base = load_tagger(config.model, config.weights, with_class_names=False)  # a wrong --model fails before decoding
     run = _RunFolder(_worker_folder(Path(out_dir), strategy))
+    if config.unlabelled and isinstance(data, (PreparedData, str, Path)):
+        raise ConfigError(
+            "--unlabelled adds files before they are prepared: give DATA as files, or list the unlabelled files in the "
+            "manifest you prepare (rows without a label)"
+        )
     if not isinstance(data, (PreparedData, str, Path)):
         data = groups_from_names(list(data), config.group_pattern)
+        if config.unlabelled:
+            data += read_unlabelled_folder(config.unlabelled)
+        _unlabelled_count(data, config)
         settings = PrepareSettings.split_of(config)  # data that cannot be split fail before the folder is made
         split_examples(data, settings.val_fraction, settings.test_fraction, settings.seed, settings.test_folds, settings.val_folds)
         run.make()  # the files are prepared into it

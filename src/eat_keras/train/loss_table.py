@@ -6,15 +6,18 @@ settings (``loss_settings``) and checks them, and ``eat-keras finetune`` makes i
 and one flag per setting from it. Adding a loss is one :func:`register_loss_term` call::
 
     register_loss_term(LossTerm(
-        name="kd",
-        help="distillation towards the teacher's softened scores",
-        build="my_package.distill:kd_term",  # or the function itself
-        settings=(LossSetting("kd_temperature", 2.0, "softmax temperature of both sides", minimum_open=True),),
-        needs=("teacher_logits",),
+        name="margin",
+        help="a margin loss on the logits",
+        build="my_package.losses:margin_term",  # or the function itself
+        settings=(LossSetting("margin_width", 1.0, "the margin", minimum_open=True),),
+        needs=("embeddings",),
     ))
 
 A builder takes the run's :class:`LossContext` and returns the term: a function from the batch's
-inputs (``targets``, ``logits``, and what ``needs`` names) to a scalar. This module imports no
+inputs (``targets``, ``logits``, and what ``needs`` names) to a scalar. Where the data hold
+unlabelled files (distillation), the inputs also hold ``label_weight`` ``[B]``, each row's labelled
+share after mixup: a term that reads the targets averages over the rows by it, so that an
+unlabelled row adds nothing to it. This module imports no
 TensorFlow, so that the command line can list the terms without loading it: the built-in builders
 are named as ``"module:function"`` text and imported when a loss is built.
 """
@@ -34,6 +37,7 @@ import numpy as np
 from eat_keras.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_DISTILLATION_LOSS_TERMS",
     "DEFAULT_LOSS_TERMS",
     "FORMS",
     "LOSS_TERMS",
@@ -55,6 +59,8 @@ FORMS = ("softmax", "sigmoid")
 
 #: The original recipe's combination (docs/design.md, "The fine-tuning recipe").
 DEFAULT_LOSS_TERMS: Mapping[str, float] = {"cb": 0.8, "supcon": 0.2}
+#: The combination of a run with a teacher, when ``--loss`` is not given (README, "Distillation").
+DEFAULT_DISTILLATION_LOSS_TERMS: Mapping[str, float] = {"cb": 0.4, "supcon": 0.1, "kd": 0.5}
 
 #: A built term: the batch's inputs by name (``targets``, ``logits``, ...) → a scalar tensor.
 TermFunction = Callable[[Mapping[str, Any]], Any]
@@ -123,7 +129,7 @@ class LossTerm:
     # LossContext → TermFunction, or its "module:function" (imported when a loss is built)
     build: Callable[[LossContext], TermFunction] | str
     settings: tuple[LossSetting, ...] = ()
-    # inputs the term reads besides targets and logits, e.g. "embeddings"
+    # inputs the term reads besides targets and logits: "embeddings", "teacher_probs"
     needs: tuple[str, ...] = ()
 
     def builder(self) -> Callable[[LossContext], TermFunction]:
@@ -221,3 +227,18 @@ register_loss_term(
         needs=("embeddings",),
     )
 )
+register_loss_term(
+    LossTerm(
+        name="kd",
+        help="knowledge distillation towards the teacher's softened scores (needs --teacher or --teacher-logits; "
+        "unlabelled files train through this term alone)",
+        build="eat_keras.train.losses:distillation_term",
+        settings=(
+            LossSetting(
+                "kd_temperature", 2.0, "temperature of the teacher's (and, for softmax, the student's) scores",
+                minimum_open=True,
+            ),
+        ),
+        needs=("teacher_probs",),
+    )
+)  # fmt: skip

@@ -1,4 +1,5 @@
-"""Fine-tuning losses on batches: cross-entropy, class-balanced (focal), supervised contrastive.
+"""Fine-tuning losses on batches: cross-entropy, class-balanced (focal), supervised contrastive,
+distillation towards a teacher.
 
 The defaults reproduce the original recipe (docs/design.md): ``0.8 · ClassBalanced + 0.2 · SupCon`` with
 β = 0.9999, softmax form, no focal term, τ = 0.07. Every loss takes targets as ``[B, C]``
@@ -6,6 +7,12 @@ probability rows (one-hot, or soft after mixup) so that mixup needs no special c
 linear in the targets, so ``loss(λy + (1−λ)y')`` equals upstream's ``λ·loss(y) + (1−λ)·loss(y')``.
 Computation is in float32 whatever the logits' dtype (mixed precision). Each loss is a term of the
 table in :mod:`eat_keras.train.loss_table` through its ``*_term`` builder here.
+
+A batch may hold unlabelled files (distillation): the terms that read labels then get a
+``label_weight`` per row, each row's labelled share after mixup (0 for an unlabelled file, 1 for a
+labelled one, λ when a labelled file was mixed with an unlabelled one), and targets scaled to sum
+to 1 over the labelled part; they average over the rows by that weight, so an unlabelled row adds
+nothing and its label is never read.
 """
 
 from __future__ import annotations
@@ -38,8 +45,11 @@ __all__ = [
     "class_balanced_weights",
     "cross_entropy",
     "cross_entropy_term",
+    "distillation_loss",
+    "distillation_term",
     "supervised_contrastive_loss",
     "supervised_contrastive_term",
+    "teacher_probabilities",
 ]
 
 Form = Literal["softmax", "sigmoid"]
@@ -76,8 +86,11 @@ def class_balanced_weights(counts: np.ndarray | list[int], beta: float = 0.9999)
     return (weights * n.size / weights.sum()).astype(np.float32)
 
 
-def cross_entropy(targets: tf.Tensor, logits: tf.Tensor, form: Form = "softmax") -> tf.Tensor:
-    """Mean over the batch of the cross-entropy summed over classes (scalar).
+def cross_entropy(
+    targets: tf.Tensor, logits: tf.Tensor, form: Form = "softmax", sample_weight: tf.Tensor | None = None
+) -> tf.Tensor:
+    """Mean over the batch (weighted by ``sample_weight`` ``[B]`` when given) of the cross-entropy
+    summed over classes (scalar).
 
     ``softmax``: ``−Σ_c y_c log softmax(z)_c`` (single-label, soft targets allowed). ``sigmoid``:
     ``Σ_c BCE(y_c, σ(z_c))`` (multi-label); note this is C times Keras' / torch's default
@@ -85,11 +98,21 @@ def cross_entropy(targets: tf.Tensor, logits: tf.Tensor, form: Form = "softmax")
     """
     targets, logits = _as_float32(targets, logits)
     if form == "softmax":
-        return tf.reduce_mean(-tf.reduce_sum(targets * tf.nn.log_softmax(logits, axis=-1), axis=-1))
-    if form == "sigmoid":
-        bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
-        return tf.reduce_mean(tf.reduce_sum(bce, axis=-1))
-    raise ValueError(f"form must be 'softmax' or 'sigmoid', got {form!r}")
+        per_sample = -tf.reduce_sum(targets * tf.nn.log_softmax(logits, axis=-1), axis=-1)
+    elif form == "sigmoid":
+        per_sample = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits), axis=-1)
+    else:
+        raise ValueError(f"form must be 'softmax' or 'sigmoid', got {form!r}")
+    return batch_mean(per_sample, sample_weight)
+
+
+def batch_mean(per_sample: tf.Tensor, sample_weight: tf.Tensor | None = None) -> tf.Tensor:
+    """The mean of ``per_sample`` ``[B]``, or its ``sample_weight``-weighted mean (0 when every
+    weight is 0: a batch of unlabelled files has no label loss)."""
+    if sample_weight is None:
+        return tf.reduce_mean(per_sample)
+    w = tf.cast(sample_weight, tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(w * per_sample), tf.reduce_sum(w))
 
 
 def class_balanced_loss(
@@ -98,8 +121,9 @@ def class_balanced_loss(
     weights: tf.Tensor | np.ndarray,
     gamma: float = 0.0,
     form: Form = "softmax",
+    sample_weight: tf.Tensor | None = None,
 ) -> tf.Tensor:
-    """Class-balanced (focal) loss, mean over the batch (scalar).
+    """Class-balanced (focal) loss, mean over the batch (weighted by ``sample_weight`` when given).
 
     ``targets`` ``[B, C]`` one-hot or soft, ``logits`` ``[B, C]``, ``weights`` ``[C]`` (from
     :func:`class_balanced_weights`).
@@ -124,26 +148,28 @@ def class_balanced_loss(
         if gamma:
             one_minus_p = -tf.math.expm1(log_p)  # exact also where p is close to 1
             per_class *= tf.pow(tf.maximum(one_minus_p, _FOCAL_FLOOR), gamma)
-        return tf.reduce_mean(tf.reduce_sum(per_class, axis=-1))
+        return batch_mean(tf.reduce_sum(per_class, axis=-1), sample_weight)
     if form == "sigmoid":
         per_class = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
         if gamma:
             # log-domain modulator of Cui et al.: no pow(0, γ) and no overflow for large |z|.
             per_class *= tf.exp(-gamma * (targets * logits + tf.nn.softplus(-logits)))
-        sample_weight = tf.linalg.matvec(targets, w)
-        return tf.reduce_mean(sample_weight * tf.reduce_sum(per_class, axis=-1))
+        class_weight = tf.linalg.matvec(targets, w)
+        return batch_mean(class_weight * tf.reduce_sum(per_class, axis=-1), sample_weight)
     raise ValueError(f"form must be 'softmax' or 'sigmoid', got {form!r}")
 
 
 def supervised_contrastive_loss(
-    embeddings: tf.Tensor, labels: tf.Tensor, temperature: float = 0.07
+    embeddings: tf.Tensor, labels: tf.Tensor, temperature: float = 0.07, anchors: tf.Tensor | None = None
 ) -> tf.Tensor:
     """The original recipe's SupConLoss on embeddings ``[B, D]`` and integer labels ``[B]``.
 
     ``f`` = L2-normalised embeddings, ``S = f fᵀ / τ``; positives of anchor ``i`` are the other
     samples with its label; ``log p_ij = S_ij − log(Σ_{k≠i} exp S_ik + 1e-12)``; the anchor's term
     is ``Σ_j pos_ij log p_ij / (Σ_j pos_ij + 1e-12)``; the loss is minus the mean over **all**
-    anchors (one without positives adds 0 but counts). The log-sum is evaluated as
+    anchors (one without positives adds 0 but counts). ``anchors`` ``[B]`` bool, when given, limits
+    anchors and positives to those rows (labelled files): the others, whose labels are not read,
+    stay in the denominators as negatives. The log-sum is evaluated as
     ``logaddexp(logsumexp_{k≠i} S_ik, log 1e-12)``: the same value, but no ``exp`` overflow for
     small τ (the original form overflows float32 once ``1/τ > 88``).
     """
@@ -159,10 +185,12 @@ def supervised_contrastive_loss(
     log_denominator = tf.reduce_logsumexp(tf.stack([log_sum_others, log_eps]), axis=0)
     log_prob = similarity - log_denominator[:, tf.newaxis]
     same = tf.equal(labels[:, tf.newaxis], labels[tf.newaxis, :])
+    if anchors is not None:
+        same = tf.logical_and(same, tf.logical_and(anchors[:, tf.newaxis], anchors[tf.newaxis, :]))
     positives = tf.cast(tf.logical_and(same, tf.logical_not(self_mask)), tf.float32)
     num_positives = tf.reduce_sum(positives, axis=1)
     per_anchor = tf.reduce_sum(positives * log_prob, axis=1) / (num_positives + _SUPCON_EPS)
-    return -tf.reduce_mean(per_anchor)
+    return -batch_mean(per_anchor, None if anchors is None else tf.cast(anchors, tf.float32))
 
 
 def class_balanced_term(context: LossContext) -> TermFunction:
@@ -175,12 +203,14 @@ def class_balanced_term(context: LossContext) -> TermFunction:
         weights = class_balanced_weights(context.class_counts, context.settings["cb_beta"])
     weights = np.asarray(weights, np.float32)
     gamma, form = context.settings["focal_gamma"], context.form
-    return lambda inputs: class_balanced_loss(inputs["targets"], inputs["logits"], weights, gamma, form)
+    return lambda inputs: class_balanced_loss(
+        inputs["targets"], inputs["logits"], weights, gamma, form, inputs.get("label_weight")
+    )
 
 
 def cross_entropy_term(context: LossContext) -> TermFunction:
     """The ``ce`` entry: :func:`cross_entropy`."""
-    return lambda inputs: cross_entropy(inputs["targets"], inputs["logits"], context.form)
+    return lambda inputs: cross_entropy(inputs["targets"], inputs["logits"], context.form, inputs.get("label_weight"))
 
 
 def supervised_contrastive_term(context: LossContext) -> TermFunction:
@@ -190,9 +220,51 @@ def supervised_contrastive_term(context: LossContext) -> TermFunction:
 
     def term(inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
         labels = tf.argmax(inputs["targets"], axis=-1, output_type=tf.int32)
-        return supervised_contrastive_loss(inputs["embeddings"], labels, temperature)
+        weight = inputs.get("label_weight")
+        anchors = None if weight is None else weight >= 0.5  # its dominant part is labelled
+        return supervised_contrastive_loss(inputs["embeddings"], labels, temperature, anchors)
 
     return term
+
+
+def teacher_probabilities(teacher_logits: tf.Tensor, form: Form, temperature: float) -> tf.Tensor:
+    """The teacher's scores softened by ``temperature``: ``softmax(z / T)`` or ``sigmoid(z / T)``,
+    the targets of :func:`distillation_loss` (mixed as labels are, under mixup)."""
+    z = tf.cast(teacher_logits, tf.float32) / temperature
+    if form == "softmax":
+        return tf.nn.softmax(z, axis=-1)
+    if form == "sigmoid":
+        return tf.sigmoid(z)
+    raise ValueError(f"form must be 'softmax' or 'sigmoid', got {form!r}")
+
+
+def distillation_loss(
+    teacher_probs: tf.Tensor, student_logits: tf.Tensor, temperature: float, form: Form = "softmax"
+) -> tf.Tensor:
+    """Knowledge distillation towards ``teacher_probs`` (from :func:`teacher_probabilities`), mean
+    over the batch (scalar).
+
+    * ``softmax`` (single-label, Hinton et al.): ``T² · KL(p ‖ softmax(z / T))``, summed over
+      classes; ``T²`` keeps its gradients' scale independent of ``T``; 0 when the student's
+      softened scores equal the teacher's.
+    * ``sigmoid`` (multi-label, upstream EfficientAT's AudioSet recipe): ``Σ_c BCE(p_c, σ(z_c))``
+      against the teacher's probabilities, the student's logits not divided by ``T``.
+    """
+    p, z = _as_float32(teacher_probs, student_logits)
+    if form == "softmax":
+        log_q = tf.nn.log_softmax(z / temperature, axis=-1)
+        log_p = tf.math.log(tf.maximum(p, np.finfo(np.float32).tiny))
+        kl = tf.reduce_sum(tf.where(p > 0, p * (log_p - log_q), tf.zeros_like(p)), axis=-1)
+        return temperature**2 * tf.reduce_mean(kl)
+    if form == "sigmoid":
+        return tf.reduce_mean(tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=p, logits=z), axis=-1))
+    raise ValueError(f"form must be 'softmax' or 'sigmoid', got {form!r}")
+
+
+def distillation_term(context: LossContext) -> TermFunction:
+    """The ``kd`` entry: :func:`distillation_loss` on every row of the batch, unlabelled ones included."""
+    temperature, form = context.settings["kd_temperature"], context.form
+    return lambda inputs: distillation_loss(inputs["teacher_probs"], inputs["logits"], temperature, form)
 
 
 class CombinedLoss:
@@ -205,7 +277,7 @@ class CombinedLoss:
     ``{"cb": 0.8, "supcon": 0.2}`` is the original recipe's.
 
     Calling it returns ``(total, {name: unweighted term})``; the dict is for logging. Inputs a term
-    needs besides the targets, logits and embeddings are passed by name (``teacher_logits=...``).
+    needs besides the targets, logits and embeddings are passed by name (``teacher_probs=...``, ``label_weight=...``).
     """
 
     def __init__(

@@ -67,20 +67,26 @@ __all__ = [
     "EncodedFile",
     "FileTask",
     "PrepareSettings",
+    "PreparePlan",
     "PreparedData",
     "ShardPlan",
     "data_root",
     "dequantize",
     "encode_file",
+    "finished_shards",
     "num_shards_for",
+    "plan_prepare",
     "plan_shards",
     "prepare",
     "prepared_for_run",
+    "prepared_output",
     "quantize",
     "read_prepared",
     "serialize_record",
     "shard_name",
     "shard_of",
+    "write_manifest",
+    "write_shard",
 ]
 
 FORMAT_NAME = "eat-keras-prepared"
@@ -91,11 +97,13 @@ LOCK_NAME = ".prepare.lock"
 SHARD_SUFFIX = ".tfrecord"
 SIDECAR_SUFFIX = ".json"
 ON_ERROR = ("fail", "skip")
+#: The record label of an unlabelled file (training side only; it trains through distillation).
+UNLABELLED_ID = -1
 
 #: The record layout (a ``tf.train.Example``), as the manifest describes it.
 RECORD_FEATURES = {
     "id": "int64: position of the file in its side's planned file list",
-    "label": "int64: position of the label in class_names",
+    "label": "int64: position of the label in class_names; -1 for an unlabelled file (distillation)",
     "key": "bytes: the file's path relative to the data root",
     "pcm": "bytes: mono int16 little-endian samples at sample_rate",
     "scale": "float: a power of two; waveform = pcm * scale",
@@ -310,7 +318,8 @@ def plan_shards(
         members: dict[int, list[FileTask]] = collections.defaultdict(list)
         for i, e in enumerate(items):
             key = example_key(e, root)
-            members[shard_of(key, count)].append(FileTask(e.path, key, i, class_id[e.label], settings.sample_rate))
+            label = UNLABELLED_ID if e.label is None else class_id[e.label]
+            members[shard_of(key, count)].append(FileTask(e.path, key, i, label, settings.sample_rate))
         for shard in range(count):
             tasks = tuple(sorted(members[shard], key=lambda t: (_digest_int(f"order\0{t.key}"), t.key)))
             name = shard_name(side, shard, count)
@@ -369,22 +378,68 @@ def prepare(
     if processes < 1:
         raise ConfigError(f"processes must be at least 1, got {processes}")
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    plan = plan_prepare(examples, settings)
+    with prepared_output(out_dir, plan.shards) as out:
+        finished = _write_missing_shards(out, plan.shards, processes, on_error, say, progress, on_file)
+        write_manifest(out, plan, finished, source)
+    return read_prepared(out)
+
+
+# --- the steps of prepare, public for other writers (eat_keras.beam) ---------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparePlan:
+    """What a prepared folder will hold: the split, the class names, the data root and the shards."""
+
+    settings: PrepareSettings
+    splits: Mapping[str, Sequence[Example]]
+    class_names: list[str]
+    root: str
+    shards: list[ShardPlan]
+
+
+def plan_prepare(examples: Sequence[Example], settings: PrepareSettings) -> PreparePlan:
+    """Split ``examples`` and plan the shards of every side, whichever writer then writes them."""
     splits = split_examples(
         examples, settings.val_fraction, settings.test_fraction, settings.seed, settings.test_folds, settings.val_folds
     )
-    check_no_leakage(splits, check_content=False)  # the content check runs on the hashes made below
+    check_no_leakage(splits, check_content=False)  # the content check runs on the hashes the encoders make
     class_names = class_names_of(examples)
     root = data_root([e for side in splits.values() for e in side])
-    plans = plan_shards(splits, class_names, root, settings)
+    return PreparePlan(settings, splits, class_names, root, plan_shards(splits, class_names, root, settings))
+
+
+@contextlib.contextmanager
+def prepared_output(out_dir: str | os.PathLike[str], plans: Sequence[ShardPlan]) -> Iterator[Path]:
+    """The output folder, held by this process for the block (a second prepare is refused), without
+    its manifest (written again last: it exists only when every shard does) and without what an
+    interrupted or earlier run left that ``plans`` do not hold."""
     out = _output_folder(out_dir)
     with _only_writer(out):
-        (out / MANIFEST_NAME).unlink(missing_ok=True)  # written again last: it exists only when every shard does
+        (out / MANIFEST_NAME).unlink(missing_ok=True)
         _remove_leftovers(out, plans)
-        finished = _write_missing_shards(out, plans, processes, on_error, say, progress, on_file)
-        manifest = _manifest(splits, plans, finished, class_names, root, settings, source)
-        _check_content_leakage(manifest["examples"])
-        _write_json(out / MANIFEST_NAME, manifest)
-    return read_prepared(out)
+        yield out
+
+
+def finished_shards(out: Path, plans: Sequence[ShardPlan], on_error: str) -> dict[str, dict[str, Any]]:
+    """The sidecars of the shards of ``plans`` finished from the same inputs (see :func:`prepare`)."""
+    return {p.name: s for p in plans if (s := _finished_sidecar(out, p, on_error)) is not None}
+
+
+def write_shard(out: Path, plan: ShardPlan, on_error: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """Encode the files of ``plan`` in this process, then write the shard and its sidecar into
+    ``out``, as :func:`prepare` does with one process; returns the sidecar."""
+    import tensorflow as tf
+
+    return _write_shard(tf, out, plan, map(encode_file, plan.tasks), on_error, say, None, None)
+
+
+def write_manifest(out: Path, plan: PreparePlan, finished: Mapping[str, Mapping[str, Any]], source: str | None) -> None:
+    """``prepared.json`` from the sidecars of every shard, after the content leakage check."""
+    manifest = _manifest(plan.splits, plan.shards, finished, plan.class_names, plan.root, plan.settings, source)
+    _check_content_leakage(manifest["examples"])
+    _write_json(out / MANIFEST_NAME, manifest)
 
 
 def _write_missing_shards(
@@ -397,7 +452,7 @@ def _write_missing_shards(
     on_file: Callable[[int], None] | None,
 ) -> dict[str, dict[str, Any]]:
     """The sidecar of every shard: kept from an earlier run where its inputs match, else written."""
-    finished = {p.name: s for p in plans if (s := _finished_sidecar(out, p, on_error)) is not None}
+    finished = finished_shards(out, plans, on_error)
     for error in (f["error"] for s in finished.values() for f in s["files"] if f.get("error")):
         say(f"eat-keras: warning: skipped a bad file (as the earlier run did): {error}")
     todo = [p for p in plans if p.name not in finished]
@@ -562,7 +617,7 @@ def _write_shard(
     encoded: Iterator[EncodedFile],
     on_error: str,
     say: Callable[[str], None],
-    progress: ProgressLine,
+    progress: ProgressLine | None,
     on_file: Callable[[int], None] | None,
 ) -> dict[str, Any]:
     """Write one shard under a temporary name, move it into place, then write its sidecar."""
@@ -580,8 +635,9 @@ def _write_shard(
                 else:
                     writer.write(result.record)
                     files.append({"id": task.id, "sha256": result.sha256, "num_samples": result.num_samples})
-                progress.advance()
-                if on_file is not None:
+                if progress is not None:
+                    progress.advance()
+                if on_file is not None and progress is not None:
                     on_file(progress.done)
         digest, size = _synced_sha256(temporary)
         os.replace(temporary, out / plan.name)

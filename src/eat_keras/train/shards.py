@@ -69,14 +69,15 @@ def worker_entries(
 
 
 def _label_map(prepared: PreparedData, entries: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> np.ndarray:
-    """Prepared class id → id in ``class_names`` (-1 for a class the worker's files do not use)."""
+    """Prepared class id + 1 → id in ``class_names`` (-1 for a class the worker's files do not
+    use); the first entry maps an unlabelled file's -1 to -1 (a row of zeros as its target)."""
     wanted = {name: i for i, name in enumerate(class_names)}
-    unknown = sorted({e["label"] for e in entries} - set(wanted))
+    unknown = sorted({e["label"] for e in entries if e["label"] is not None} - set(wanted))
     if unknown:
         raise EatKerasError(
             f"{prepared.folder}: label(s) {', '.join(map(repr, unknown[:5]))} are not among the model's classes"
         )
-    return np.array([wanted.get(name, -1) for name in prepared.class_names], dtype=np.int32)
+    return np.array([-1] + [wanted.get(name, -1) for name in prepared.class_names], dtype=np.int32)
 
 
 def _index_map(prepared: PreparedData, split: str) -> np.ndarray:
@@ -108,8 +109,9 @@ def prepared_dataset(
     """A batched ``tf.data.Dataset`` over the ``split`` side (train/val/test) of a prepared folder,
     with :func:`~eat_keras.train.data.make_dataset`'s elements: ``waveform`` (float32
     ``[B, clip_samples]``), ``label`` (int32 id in ``class_names``, default the prepared ones),
-    ``index`` (int32 position of the file in ``PreparedData.examples(split)``) and ``target`` (float32
-    one-hot ``[B, C]``); its cardinality is known.
+    ``index`` (int32 position of the file in ``PreparedData.examples(split)``), in training
+    ``start`` (int64 first sample of the crop in its file) and ``target`` (float32 one-hot ``[B, C]``; an
+    unlabelled file has label -1 and a row of zeros); its cardinality is known.
 
     * ``mode="train"``: one crop per file at a uniform random offset (a shorter file zero-padded at
       the end), shuffled through ``shuffle_buffer`` elements; order and offsets follow
@@ -154,7 +156,7 @@ def _parser(labels: tf.Tensor, index: tf.Tensor) -> Any:
     def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         f = tf.io.parse_single_example(serialized, _FEATURES)
         pcm = tf.io.decode_raw(f["pcm"], tf.int16, little_endian=True)
-        label, position = tf.gather(labels, f["label"]), tf.gather(index, f["id"])
+        label, position = tf.gather(labels, f["label"] + 1), tf.gather(index, f["id"])
         return {"pcm": pcm, "scale": f["scale"], "label": label, "index": position, "id": f["id"]}
 
     return parse
@@ -205,7 +207,10 @@ def _crop(e: dict[str, tf.Tensor], clip_samples: int, crop_seed: int) -> dict[st
     room = tf.maximum(tf.shape(e["pcm"], out_type=tf.int64)[0] - clip_samples, 0)
     seed = tf.stack([tf.constant(crop_seed, tf.int64), e["id"]])
     start = tf.random.stateless_uniform([], seed, minval=0, maxval=room + 1, dtype=tf.int64)
-    return {"pcm": _fit(e["pcm"], start, clip_samples), "scale": e["scale"], "label": e["label"], "index": e["index"]}
+    return {
+        "pcm": _fit(e["pcm"], start, clip_samples), "scale": e["scale"], "label": e["label"], "index": e["index"],
+        "start": start,
+    }  # fmt: skip
 
 
 def _windows(e: dict[str, tf.Tensor], clip_samples: int) -> dict[str, tf.Tensor]:
@@ -220,7 +225,10 @@ def _windows(e: dict[str, tf.Tensor], clip_samples: int) -> dict[str, tf.Tensor]
 
 def _as_float(batch: dict[str, tf.Tensor], num_classes: int) -> dict[str, tf.Tensor]:
     waveform = tf.cast(batch["pcm"], tf.float32) * batch["scale"][:, None]
-    return {
+    elements = {
         "waveform": waveform, "label": batch["label"], "index": batch["index"],
-        "target": tf.one_hot(batch["label"], num_classes),
+        "target": tf.one_hot(batch["label"], num_classes),  # zeros for an unlabelled file (label -1)
     }  # fmt: skip
+    if "start" in batch:  # training crops: where each begins, for per-window teacher logits
+        elements["start"] = batch["start"]
+    return elements
