@@ -218,3 +218,12 @@ def test_an_exported_saved_model_teaches_as_its_model_folder(folders, tmp_path):
     want = OnlineTeacher([str(folders["teacher"])], list(CLASSES)).logits(waveform, mix).numpy()
     got = OnlineTeacher([str(saved)], list(CLASSES)).logits(waveform, mix).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_side_with_unlabelled_files_is_not_evaluated(with_unlabelled):
+    from eat_keras.train.evaluate import PreparedSide, file_logits
+    from eat_keras.train.prepare import read_prepared
+
+    side = PreparedSide(read_prepared(with_unlabelled / "prepared"), "train")
+    with pytest.raises(EatKerasError, match="3 of the 9 files have no label"):
+        file_logits(lambda w: w[:, :2], side, list(CLASSES), 32000)

@@ -476,8 +476,14 @@ def split_examples(
         raise EatKerasError("no examples to split")
     check_unique_files(everything)
     unlabelled = _training_only(everything)
-    labelled = [e for e in everything if e.label is not None]
-    sides = _split_labelled(labelled, val_fraction, test_fraction, seed, test_folds, val_folds)
+    ordered = [e for e in everything if e.label is not None]
+    _check_classes(ordered)
+    if any(e.split is not None for e in ordered):
+        sides = _given_split(ordered)
+    elif test_folds is None and val_folds is None:
+        sides = _stratified_split(ordered, val_fraction, test_fraction, seed)
+    else:
+        sides = _fold_split(ordered, val_fraction, test_fraction, seed, test_folds, val_folds)
     if unlabelled:
         sides["train"] = sorted([*sides["train"], *unlabelled], key=_sort_key)
     return sides
@@ -495,26 +501,14 @@ def _training_only(examples: list[Example]) -> list[Example]:
     return unlabelled
 
 
-def _split_labelled(
-    ordered: list[Example],
-    val_fraction: float,
-    test_fraction: float,
-    seed: int,
-    test_folds: Iterable[str | int] | None,
-    val_folds: Iterable[str | int] | None,
-) -> dict[str, list[Example]]:
-    if not ordered:
+def _check_classes(labelled: list[Example]) -> None:
+    if not labelled:
         raise EatKerasError("no labelled files to split")
-    names = class_names_of(ordered)
+    names = class_names_of(labelled)
     if len(names) < 2:
         raise EatKerasError(
-            f"training needs at least two classes; all {len(ordered)} files are {names[0]!r}"
+            f"training needs at least two classes; all {len(labelled)} files are {names[0]!r}"
         )
-    if any(e.split is not None for e in ordered):
-        return _given_split(ordered)
-    if test_folds is None and val_folds is None:
-        return _stratified_split(ordered, val_fraction, test_fraction, seed)
-    return _fold_split(ordered, val_fraction, test_fraction, seed, test_folds, val_folds)
 
 
 def _check_fractions(val_fraction: float, test_fraction: float) -> None:

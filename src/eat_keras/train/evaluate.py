@@ -77,6 +77,9 @@ def file_logits(
     ``progress``, a progress line of that name on stderr."""
     check_clip_samples(clip_samples, batch_size)
     examples = evaluation_files(data)
+    unlabelled = sum(e.label is None for e in examples)
+    if unlabelled:
+        raise EatKerasError(f"{unlabelled} of the {len(examples)} files have no label: evaluation needs labelled files")
     unknown = sorted({e.label for e in examples} - set(class_names))
     if unknown:
         raise EatKerasError(
