@@ -15,14 +15,14 @@ CPU time (the process's and its children's: on a shared machine, other users' lo
 wall time far more than the CPU time; the load average is printed with the tables):
 
 - *whole command*: each row a child process timed from start to exit. It includes each command's
-  imports: Beam's (about 2 s) and torch's, which Beam's RunInference imports wherever torch is
-  installed, as in this project's dev extra (about 3 s; a plain ``eat-keras[beam]`` install has none);
+  imports: TensorFlow's, and Beam's for the Beam rows (without torch, which Beam's RunInference
+  module imports wherever it is installed: :mod:`eat_keras.beam.runinference` keeps it out);
 - *after imports*: the ``tag`` loop (``load_runner`` + ``open_for_tagging`` + ``tag_with``, as the
   command runs them) and ``run_tag_corpus`` called in this process once TensorFlow and Beam are
   imported: model load, decoding, scoring and writing, what grows with the corpus. Two worker
   processes still start (and import) inside the Beam x2 row.
 
-The target: Beam in-process within 20 % of the ``tag`` loop, after imports.
+The target: Beam in-process within 20 % of the ``tag`` loop, in wall and in CPU time.
 
     EAT_WEIGHTS_DIR=../shared/weights EAT_LABELS=../shared/golden/class_labels_indices.csv \\
         python tools/bench_beam.py --markdown bench_beam.md

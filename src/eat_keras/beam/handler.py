@@ -20,9 +20,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from eat_keras.audio import SAMPLE_RATE
+from eat_keras.beam.runinference import ModelHandler, PredictionResult
 from eat_keras.errors import EatKerasError
 from eat_keras.tagging import MAX_BATCH_SECONDS
 

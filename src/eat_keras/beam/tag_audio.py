@@ -22,10 +22,10 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from eat_keras.audio import SAMPLE_RATE
 from eat_keras.beam.handler import ERROR_OUTPUT, EatKerasModelHandler
+from eat_keras.beam.runinference import KeyedModelHandler, RunInference
 from eat_keras.beam.storage import local_copy
 from eat_keras.errors import EatKerasError
 from eat_keras.tagging import open_for_tagging, prepare_waveform, top_labels, window_samples, window_starts
@@ -217,11 +217,9 @@ class TagAudio(beam.PTransform):
         )
         if self.done is not None:
             paths = paths | "SkipDone" >> WithoutDone(self.done)
-        decoded = (
-            paths
-            | "Spread" >> beam.Reshuffle()
-            | "Decode" >> beam.ParDo(DecodeWindows(self.settings)).with_outputs(ERRORS, main=TAGS)
-        )
+        # Distinct (and SkipDone) group by path: the files are spread over the workers already, and a
+        # Reshuffle would add a stage to every job (its fixed cost shows in short jobs)
+        decoded = paths | "Decode" >> beam.ParDo(DecodeWindows(self.settings)).with_outputs(ERRORS, main=TAGS)
         scored = decoded[TAGS] | "Score" >> RunInference(self.model_handler())
         format_windows = beam.ParDo(FormatWindows(self.class_names, self.settings)).with_outputs(ERRORS, main=TAGS)
         formatted = scored | "Format" >> format_windows
