@@ -12,8 +12,11 @@ from conftest import CLIPS
 from eat_keras.frontend import (
     FrontendConfig,
     LogMelSpectrogram,
+    inference_log_mel,
+    interleaved_mel_bands,
     kaldi_mel_banks,
     log_mel_spectrogram,
+    mel_bands,
     symmetric_hann_window,
 )
 from tolerances import OP_RTOL, assert_close
@@ -131,3 +134,43 @@ def test_graph_mode_any_length():
         wav = np.random.default_rng(n).standard_normal([2, n]).astype(np.float32)
         # traced vs eager: grappler may fuse or reorder the front-end's float32 ops
         assert_close(fn(wav).numpy(), log_mel_spectrogram(wav).numpy(), OP_RTOL)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [FrontendConfig(hop_length=480), FrontendConfig(n_mels=64), FrontendConfig(n_fft=2048, win_length=1600),
+     FrontendConfig(fmax=8000.0)],
+    ids=["hop480", "mels64", "fft2048", "fmax8k"],
+)  # fmt: skip
+def test_inference_front_end_is_the_fft_path_summed_in_another_order(config):
+    """The layer's eval path (example by example, power summed inside banded mel matmuls) gives the
+    plain FFT path's log-mel up to the rounding of reordered float32 sums."""
+    t = np.arange(17001) / 32000.0
+    wave = 0.1 * np.random.default_rng(5).standard_normal((2, 17001)) + 0.3 * np.sin(2 * np.pi * 440.0 * t)
+    wave = wave.astype(np.float32)
+    got = inference_log_mel(wave, config).numpy()
+    want = log_mel_spectrogram(wave, config).numpy()
+    assert got.shape == want.shape == (2, config.n_mels, config.num_frames(17001), 1)
+    assert_close(got, want, OP_RTOL)
+    np.testing.assert_array_equal(LogMelSpectrogram(config)(wave, training=False).numpy(), got)
+
+
+def test_inference_front_end_refuses_a_waveform_shorter_than_its_padding():
+    config = FrontendConfig()
+    assert inference_log_mel(np.zeros([1, config.min_samples], np.float32), config).shape[2] == 2
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"at least {config.min_samples} samples"):
+        inference_log_mel(np.zeros([1, config.min_samples - 1], np.float32), config)
+
+
+def test_mel_bands_hold_every_weight_of_the_matrix():
+    config = FrontendConfig(fmax=16000.0)  # filters reach the Nyquist bin
+    banks = kaldi_mel_banks(config.n_mels, config.n_fft, config.sample_rate, config.fmin, 16000.0).numpy()
+    for bands, dense in ((mel_bands(banks), banks), (interleaved_mel_bands(config), np.repeat(banks, 2, axis=0))):
+        rebuilt = np.zeros_like(dense)
+        column = 0
+        for start, stop, weights in bands:
+            rebuilt[start:stop, column : column + weights.shape[1]] = weights
+            column += weights.shape[1]
+        assert column == config.n_mels
+        np.testing.assert_array_equal(rebuilt, dense)
+        assert sum((stop - start) * w.shape[1] for start, stop, w in bands) < 0.3 * dense.size  # the point of banding

@@ -92,7 +92,10 @@ def _cell(median_ms: float, batch: int = 1) -> dict[str, Any]:
 
 def _fake_results() -> dict[str, Any]:
     routes = {
-        "tflite_float32": {"b1_2s": 4.0, "b1_10s": 20.0},
+        "tflite_float32": {"b1_2s": 4.0, "b1_10s": 20.0, "b8_10s": 160.0},
+        "tflite_float32_batch": {"b8_10s": 150.0},
+        "savedmodel_frontend": {"b8_10s": 70.0},
+        "onnxruntime": {"b8_10s": 250.0},
         "tflite_frontend": {"b1_2s": 0.5, "b1_10s": 3.0},
         "tflite_model_only": {"b1_2s": 3.6, "b1_10s": 17.0},
         "seed": {"b1_2s": 10.0, "b1_10s": 50.0, "b8_10s": 400.0},
@@ -122,6 +125,11 @@ def _fake_results() -> dict[str, Any]:
         "tag_hour": {"command": "eat-keras tag", "exit_code": 0, "audio_s": 3600.0, "wall_s": 6.0,
                      "realtime_factor": 600.0, "peak_rss_mb": 1000.0, "user_cpu_s": 5.0, "system_cpu_s": 1.0,
                      "windows": 360, "expected_windows": 360, "recording": "r.wav", "log": "l"},
+        "agreement": {"model": "mn04", "clips": 320, "calibration_summary": "4 recordings", "export_s": 60.0,
+                      "files": {"int8/1s": {"file": "m_1s_int8.tflite", "agree": 300, "clips": 320,
+                                            "top1_agreement": 300 / 320, "max_abs_score_diff": 0.1},
+                                "int8/10s": {"file": "m_10s_int8.tflite", "agree": 310, "clips": 320,
+                                             "top1_agreement": 310 / 320, "max_abs_score_diff": 0.1}}},
     }
     model["frontend_share"] = targets.frontend_shares(results, "mn04")
     return results
@@ -135,8 +143,17 @@ def test_targets_and_report() -> None:
         (row,) = [r for r in rows if words in r["target"] and r["model"] == model and r["input"] == inp]
         return row
 
-    throughput = find("throughput", "mn04", "b8_10s")
+    throughput = find("seed pipeline's (× seed)", "mn04", "b8_10s")
     assert throughput["value"] == pytest.approx(400 / 300) and throughput["passed"] is True
+    assert throughput["threshold"] == 1.0  # oneDNN on (or TensorFlow's default); 1.2 with it off
+    vs_ort = find("onnxruntime's model-only", "mn04", "b8_10s")
+    assert vs_ort["value"] == pytest.approx(300 / 250) and vs_ort["passed"] is False  # > 1.15
+    sm_share = find("SavedModel front-end", "mn04", "b8_10s")
+    assert sm_share["value"] == pytest.approx(70 / 300) and sm_share["passed"] is False  # > 20 %
+    fixed = find("in one invoke", "mn04", "b8_10s")
+    assert fixed["value"] == pytest.approx(160 / 150) and fixed["passed"] is True
+    assert find("int8 top-1 agreement", "mn04", "1 s windows")["passed"] is False  # 0.9375 < 0.95
+    assert find("int8 top-1 agreement", "mn04", "10 s windows")["value"] == pytest.approx(310 / 320)
     vs_seed = find("seed pipeline's", "mn04", "b1_2s")
     assert vs_seed["value"] == pytest.approx(0.4) and vs_seed["passed"] is True
     vs_onnx2tf = find("onnx2tf", "mn04", "b1_10s")
@@ -151,6 +168,22 @@ def test_targets_and_report() -> None:
     assert "- machine: cpu (avx2 avx512_vnni), 2 logical cores" in text
     assert "Smoke run" in text and "| `b8_10s` | `seed` |" in text and "**pass**" in text
     assert np.isfinite(results["models"]["mn04"]["frontend_share"]["b1_2s"]["tflite_frontend_over_e2e"])
+    assert "| `m_10s_int8.tflite` | 310/320 | 0.969 |" in text
+
+
+def test_with_onednn_off_the_savedmodel_must_beat_the_seed_by_a_fifth() -> None:
+    results = _fake_results()
+    results["settings"]["onednn_enabled"] = False
+    rows = [r for r in targets.evaluate(results) if r["model"] == "mn04" and r["input"] == "b8_10s"]
+    (seed,) = [r for r in rows if "seed pipeline's" in r["target"]]
+    assert seed["threshold"] == 1.2 and seed["passed"] is True  # 400 / 300 = 1.33
+    assert not [r for r in rows if "onnxruntime" in r["target"]]  # the onnxruntime targets are oneDNN-on ones
+
+
+def test_the_any_batch_route_runs_only_batched_inputs() -> None:
+    model = MODELS["mn04"]
+    keys = catalog.required_artifacts(model, ["tflite_float32_batch"], INPUT_SPECS.values())
+    assert keys == ["tflite_float32_batch/10s"]
 
 
 def test_missing_package_stops_the_run_before_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,10 +12,17 @@ height, time as width), reproducing the PyTorch reference to float32 round-off:
 
 The training-only augmentations of upstream (fmin/fmax jitter, frequency and time masking) live in
 :class:`LogMelSpectrogram` and run only when ``training=True``.
+
+Inference (:func:`inference_log_mel`, the layer with ``training=False``, hence the SavedModel) computes
+the same maths with fewer passes over memory: one example at a time, so that each stage's tensors
+stay in the caches; the power read from the spectrum's interleaved real and imaginary parts; the mel
+projection as banded matmuls over the bins each group of filters touches (docs/design.md, "SavedModel
+front-end").
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -114,6 +121,80 @@ def normalize(log_mel: tf.Tensor) -> tf.Tensor:
     return (log_mel + NORM_SHIFT) / NORM_SCALE
 
 
+#: mel filters per banded matmul (inference front-end and the TFLite factored DFT)
+MEL_GROUP = 16
+
+#: a band of the mel projection: rows ``[start, stop)`` of the power and their ``[stop - start, filters]`` weights
+MelBand = tuple[int, int, np.ndarray]
+
+
+def mel_bands(weights: np.ndarray, align: int = 1, group: int = MEL_GROUP) -> tuple[MelBand, ...]:
+    """The ``[rows, n_mels]`` mel matrix ``weights`` cut into groups of ``group`` filters, each kept
+    over the rows its filters touch (widened to multiples of ``align``): Kaldi triangles are narrow,
+    so the bands hold about a fifth of a dense matmul's products. Outputs concatenate in filter order."""
+    rows = weights.shape[0]
+    bands = []
+    for first in range(0, weights.shape[1], group):
+        block = weights[:, first : first + group]
+        used = np.flatnonzero(np.abs(block).sum(axis=1))
+        if used.size == 0:  # filters beyond fmax: all-zero columns still need outputs
+            used = np.array([0])
+        start = used[0] // align * align
+        stop = min(-(-(used[-1] + 1) // align) * align, rows)
+        bands.append((int(start), int(stop), block[start:stop].astype(np.float32)))
+    return tuple(bands)
+
+
+@functools.lru_cache(maxsize=8)
+def interleaved_mel_bands(config: FrontendConfig) -> tuple[MelBand, ...]:
+    """:func:`mel_bands` of the eval-mode mel matrix over the squared spectrum read as interleaved
+    ``[re_0, im_0, re_1, ...]`` (each row of the matrix twice): the power ``re^2 + im^2`` is summed
+    inside the matmul instead of in a pass of its own."""
+    with tf.init_scope():  # numpy constants even when first called inside a graph
+        banks = kaldi_mel_banks(config.n_mels, config.n_fft, config.sample_rate, config.fmin, config.effective_fmax)
+        banks = banks.numpy()
+    return mel_bands(np.repeat(banks, 2, axis=0))
+
+
+def _example_log_mel(waveform: tf.Tensor, config: FrontendConfig, bands: tuple[MelBand, ...]) -> tf.Tensor:
+    """One example ``[1, N]`` → normalised log-mel ``[n_mels, frames]`` (eval mode)."""
+    emphasised = waveform[0, 1:] - PREEMPHASIS * waveform[0, :-1]
+    half = config.n_fft // 2
+    # torch's reflect padding as slices, reverses and a concat: TF's MirrorPad is slower
+    padded = tf.concat([tf.reverse(emphasised[1 : half + 1], [0]), emphasised, tf.reverse(emphasised[-half - 1 : -1], [0])], 0)
+    frames = tf.signal.frame(padded, config.n_fft, config.hop_length, pad_end=False)
+    spectrum = tf.signal.rfft(frames * symmetric_hann_window(config.win_length, config.n_fft))
+    # complex64 viewed as float32 pairs: no copies into separate real and imaginary tensors
+    squares = tf.math.square(tf.reshape(tf.bitcast(spectrum, tf.float32), [tf.shape(frames)[0], -1]))
+    # the log offset as each matmul's bias: grappler fuses it into the matmul
+    mel = tf.concat([tf.matmul(squares[:, start:stop], weights) + LOG_OFFSET for start, stop, weights in bands], axis=1)
+    return normalize(tf.math.log(tf.transpose(mel)))
+
+
+def inference_log_mel(waveform: tf.Tensor, config: FrontendConfig = FrontendConfig()) -> tf.Tensor:
+    """Eval-mode front-end, waveform ``[B, N]`` → ``[B, n_mels, T, 1]``, equal to
+    :func:`log_mel_spectrogram` up to float32 round-off and faster on TensorFlow's CPU kernels.
+
+    Examples go through one at a time (two in flight): a 10 s example's frames and spectrum are
+    ~4 MB, a batch's are ~8x that, and each stage reads its input back from memory.
+    """
+    waveform = tf.convert_to_tensor(waveform, tf.float32)
+    bands = interleaved_mel_bands(config)
+    # the reflect padding's slices would silently come out short; MirrorPad refused such input
+    length_check = tf.debugging.assert_greater_equal(
+        tf.shape(waveform)[1], config.min_samples, message=f"the waveform needs at least {config.min_samples} samples"
+    )
+    with tf.control_dependencies([length_check]):
+        waveform = tf.identity(waveform)
+    mels = tf.map_fn(
+        lambda i: _example_log_mel(waveform[i : i + 1], config, bands),
+        tf.range(tf.shape(waveform)[0]),
+        fn_output_signature=tf.TensorSpec([config.n_mels, None], tf.float32),
+        parallel_iterations=1 if tf.executing_eagerly() else 2,  # eagerly, map_fn warns that it runs one at a time
+    )
+    return tf.expand_dims(mels, -1)
+
+
 def log_mel_spectrogram(
     waveform: tf.Tensor, config: FrontendConfig = FrontendConfig(), constant_left: bool = False
 ) -> tf.Tensor:
@@ -158,11 +239,6 @@ class LogMelSpectrogram(tf_keras.layers.Layer):
         if isinstance(config, dict):
             config = FrontendConfig(**config)
         self.config = config or FrontendConfig()
-        c = self.config
-        self._window = symmetric_hann_window(c.win_length, c.n_fft)
-        self._eval_banks = kaldi_mel_banks(
-            c.n_mels, c.n_fft, c.sample_rate, c.fmin, c.effective_fmax
-        ).numpy()
 
     def _training_banks(self) -> tf.Tensor:
         c = self.config
@@ -175,10 +251,9 @@ class LogMelSpectrogram(tf_keras.layers.Layer):
         return kaldi_mel_banks(c.n_mels, c.n_fft, c.sample_rate, fmin, fmax)
 
     def call(self, waveform: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        power = power_spectrogram(waveform, self.config)
         if not training:
-            return normalize(log_mel_from_power(power, tf.constant(self._eval_banks)))
-        log_mel = log_mel_from_power(power, self._training_banks())
+            return inference_log_mel(waveform, self.config)
+        log_mel = log_mel_from_power(power_spectrogram(waveform, self.config), self._training_banks())
         if self.config.freqm > 0:
             log_mel = _mask_along_axis(log_mel, self.config.freqm, axis=1)
         if self.config.timem > 0:

@@ -36,15 +36,15 @@ from eat_keras.frontend import (
     LOG_OFFSET,
     PREEMPHASIS,
     FrontendConfig,
+    MelBand,
     kaldi_mel_banks,
+    mel_bands,
     normalize,
     symmetric_hann_window,
 )
 
 #: the stage-1 group count; 32 balances the two stages for n_fft = 1024 (~33 M and ~70 M MACs per 10 s)
 MAX_RADIX = 32
-#: mel filters per banded matmul
-MEL_GROUP = 16
 #: frames per piece of the DFT/power/mel stages. XNNPACK runs one operator at a time, so each stage's
 #: output (~4.4 kB a frame) goes through memory before the next reads it; ~250 frames (~1.1 MB) stay
 #: near the two cores' L2 caches (docs/design.md, "TFLite front-end").
@@ -62,7 +62,7 @@ class FactoredDFTPlan:
     stage2: np.ndarray  # [2Q, 2Q]: [re_b | im_b] -> [re_k2 | im_k2], k2 in "chunk pair" order
     # mel projection, banded: (start, stop, weights [stop - start, filters]) per group of filters,
     # over the power laid out [k2 (chunk pair order), k1]; outputs concatenate in filter order
-    mel_groups: tuple[tuple[int, int, np.ndarray], ...]
+    mel_groups: tuple[MelBand, ...]
 
     @property
     def half_bins(self) -> int:  # P / 2 + 1
@@ -129,17 +129,8 @@ def make_plan(config: FrontendConfig) -> FactoredDFTPlan:
                 mel[position, j1] = banks[k]
             elif 0 < j1 < p // 2:  # above Nyquist, the conjugate of bin n_fft - k, computed nowhere else
                 mel[position, j1] = banks[n_fft - k]
-    mel = mel.reshape(q * half, config.n_mels)
-    # Kaldi triangles are narrow: 16 filters at a time touch a few chunks, ~1/5 of a dense matmul
-    groups = []
-    for first in range(0, config.n_mels, MEL_GROUP):
-        block = mel[:, first : first + MEL_GROUP]
-        used = np.flatnonzero(np.abs(block).sum(axis=1))
-        if used.size == 0:  # filters beyond fmax: all-zero columns still need outputs
-            used = np.array([0])
-        start = used[0] // (2 * half) * (2 * half)  # whole chunk pairs
-        stop = min(-(-(used[-1] + 1) // (2 * half)) * (2 * half), q * half)
-        groups.append((int(start), int(stop), block[start:stop].astype(np.float32)))
+    # banded over whole chunk pairs
+    groups = mel_bands(mel.reshape(q * half, config.n_mels), align=2 * half)
     return FactoredDFTPlan(
         radix=q,
         first_tap=first_tap,

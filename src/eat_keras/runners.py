@@ -5,7 +5,8 @@ ONNX export on the same files; each runner hides how its artifact is called:
 
 - Keras: a preset, upstream ``.pt``, or eat-keras model folder (``eat_keras.json``);
 - SavedModel: a folder with ``saved_model.pb`` written by ``eat-keras export`` (TensorFlow only);
-- TFLite: a ``.tflite`` file with a fixed ``[1, N]`` waveform input (LiteRT interpreter, XNNPACK);
+- TFLite: a ``.tflite`` file with a ``[1, N]`` waveform input, or ``[batch, N]`` for the files of
+  ``--tflite-batch`` (LiteRT interpreter, XNNPACK);
 - ONNX: an upstream-style export taking log-mel ``[B, 1, n_mels, T]``, run by onnxruntime when it is
   installed; the log-mel comes from the eat-keras front-end.
 """
@@ -143,6 +144,8 @@ class TFLiteRunner:
         if len(detail["shape"]) != 2:
             raise EatKerasError(f"{path}: expects a waveform [1, N] input, found shape {list(detail['shape'])}")
         self._input = detail["index"]
+        # files exported with --tflite-batch take any batch: resized to each call's number of windows
+        self._any_batch = int(detail["shape_signature"][0]) == -1
         self.window_samples = int(detail["shape"][1])
         details = self._interpreter.get_output_details()
         outputs = {d["name"]: d["index"] for d in details}
@@ -164,15 +167,27 @@ class TFLiteRunner:
     def _run(self, waveforms: np.ndarray, output: int) -> np.ndarray:
         if not np.isfinite(waveforms).all():  # files without the NaN output (int8, other tools') included
             raise AudioError(NON_FINITE_WAVEFORM)
-        rows = []
-        for waveform in waveforms:  # the file has a batch-1 input
-            self._interpreter.set_tensor(self._input, np.asarray(waveform[np.newaxis], np.float32))
-            self._interpreter.invoke()
-            rows.append(self._interpreter.get_tensor(output)[0].copy())
-        out = np.stack(rows)
+        if self._any_batch:
+            out = self._invoke_batch(np.asarray(waveforms, np.float32), output)
+        else:
+            rows = []
+            for waveform in waveforms:  # the file has a batch-1 input
+                self._interpreter.set_tensor(self._input, np.asarray(waveform[np.newaxis], np.float32))
+                self._interpreter.invoke()
+                rows.append(self._interpreter.get_tensor(output)[0].copy())
+            out = np.stack(rows)
         if not np.isfinite(out).all():  # the file's answer to non-finite or overflowing input
             raise non_finite_scores_error(waveforms)
         return out
+
+    def _invoke_batch(self, waveforms: np.ndarray, output: int) -> np.ndarray:
+        """All windows in one invoke, the input resized to their number when it changes."""
+        if self._interpreter.get_input_details()[0]["shape"][0] != len(waveforms):
+            self._interpreter.resize_tensor_input(self._input, list(waveforms.shape), strict=True)
+            self._interpreter.allocate_tensors()
+        self._interpreter.set_tensor(self._input, waveforms)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(output).copy()
 
     def logits(self, waveforms: np.ndarray) -> np.ndarray:
         out = self._run(waveforms, self._output)

@@ -23,7 +23,9 @@ batch 1 × 10 s, batch 8 × 10 s. Routes (``--routes``, groups ``tflite`` and ``
 - ``seed``: TF ``tf.signal.stft`` front-end + onnxruntime on the upstream ONNX;
 - ``onnxruntime``: upstream ONNX alone (log-mel in); ``onnx2tf``: onnx2tf's float32 TFLite of it
   (conversion timed, error vs onnxruntime checked);
-- ``tag_hour``: ``eat-keras tag`` on a one-hour recording with mn10: × real time and peak RSS.
+- ``tflite_float32_batch``: the float32 file for any batch (``--tflite-batch``), resized to the batch;
+- ``tag_hour``: ``eat-keras tag`` on a one-hour recording with mn10: × real time and peak RSS;
+- ``agreement``: mn04's quantized files against Keras on ESC-10, zero-shot top-1 (:mod:`tools.bench.agreement`).
 
 For each model, artifacts are built (or reused from ``--work-dir``) in a subprocess that times every
 conversion; then all routes are loaded in this process and timed round-robin, call by call
@@ -51,8 +53,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from tools.bench import machine, paths, probe, report, tag_hour, targets, timing  # noqa: E402
-from tools.bench.catalog import ALL_ROUTES, ROUTE_DEFS, ROUTE_GROUPS, TAG_HOUR, expand_routes, required_artifacts  # noqa: E402
+from tools.bench import agreement, machine, paths, probe, report, tag_hour, targets, timing  # noqa: E402
+from tools.bench.catalog import (  # noqa: E402
+    AGREEMENT, ALL_ROUTES, ROUTE_DEFS, ROUTE_GROUPS, TAG_HOUR, expand_routes, required_artifacts,
+)
 from tools.bench.inputs import INPUT_SPECS, BenchInput, load_inputs  # noqa: E402
 from tools.bench.models import MODELS, BenchModel  # noqa: E402
 from tools.bench.routes import Route, route_from_spec  # noqa: E402
@@ -129,7 +133,7 @@ def _open_route(name: str, model: BenchModel, inputs: dict[str, BenchInput], art
     files: dict[str, str] = {}
     problems = []
     keys = {}
-    for inp in inputs.values():
+    for inp in (i for i in inputs.values() if d.applies(i.spec)):
         key = keys[inp.name] = d.artifact(model, inp.spec)
         entry = artifacts.get(key) or {}
         if entry.get("path") and not entry.get("error"):
@@ -308,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         tflite_file = Path(manifest["artifacts"][key]["path"])
         results["tag_hour"] = tag_hour.benchmark(args.tag_seconds, tflite_file, args.work_dir, args.tag_repeats)
         results["tag_hour_keras"] = tag_hour.benchmark(args.tag_seconds, mn10.weight_file(args.work_dir), args.work_dir)
+    if AGREEMENT in args.routes:
+        log("agreement: mn04's quantized TFLite files vs Keras on ESC-10 (zero-shot)")
+        results["agreement"] = agreement.run(args.work_dir)
     results["total_wall_s"] = time.perf_counter() - started
     write_outputs(results, args)
     log(f"wrote {args.json} and {args.markdown} ({results['total_wall_s'] / 60:.1f} min)")

@@ -194,6 +194,8 @@ class Builder:
         kind = key.split("/")[0]
         if kind == "savedmodel":
             self._savedmodel()
+        elif kind.startswith("tflite_") and kind.endswith("_batch"):
+            self._tflite(kind.removeprefix("tflite_").removesuffix("_batch"), _window_seconds(key), any_batch=True)
         elif kind.startswith("tflite_") and kind != "tflite_frontend":
             quantization = "float32" if kind == "tflite_logmel" else kind.removeprefix("tflite_")
             self._tflite(quantization, _window_seconds(key))
@@ -216,12 +218,14 @@ class Builder:
         path = export_saved_model(tagger, out, self.model.name, version=1)
         self._record("savedmodel", path, time.perf_counter() - started)
 
-    def _tflite(self, quantization: str, seconds: int) -> None:
-        """One export call per (quantization, window); the float32 call also writes the log-mel file."""
+    def _tflite(self, quantization: str, seconds: int, any_batch: bool = False) -> None:
+        """One export call per (quantization, window, batch kind); the batch-1 float32 call also writes
+        the log-mel file (an any-batch call writes the batch-1 file too, which is then not recorded)."""
         from eat_keras.export.tflite import export_tflite
 
         tagger = self.tagger
         started = time.perf_counter()
+        with_log_mel = quantization == "float32" and not any_batch
         artifacts = export_tflite(
             tagger,
             self.model_dir / "tflite",
@@ -229,14 +233,16 @@ class Builder:
             window_seconds=(float(seconds),),
             quantizations=(quantization,),
             calibration_files=paths.audio_files() if quantization == "int8" else (),
-            log_mel=quantization == "float32",
+            log_mel=with_log_mel,
             metadata=False,
+            any_batch=any_batch,
         )
         elapsed = time.perf_counter() - started
-        for artifact in artifacts:
+        suffix = "_batch" if any_batch else ""
+        for artifact in (a for a in artifacts if a.any_batch == any_batch):
             if artifact.input_kind == "waveform":
-                self._record(f"tflite_{quantization}/{seconds}s", artifact.path, elapsed,
-                             note="float32 time includes the log-mel-input file" if quantization == "float32" else "")
+                self._record(f"tflite_{quantization}{suffix}/{seconds}s", artifact.path, elapsed,
+                             note="float32 time includes the log-mel-input file" if with_log_mel else "")
             else:
                 self._record(f"tflite_logmel/{seconds}s", artifact.path, None, note="made by the float32 export call")
 

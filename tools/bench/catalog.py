@@ -1,7 +1,8 @@
 """The benchmarked routes by name: what each measures, its runtime class and which artifact it runs.
 
 Artifacts are named by keys of the build manifest (:mod:`tools.bench.build`):
-``savedmodel``, ``tflite_<quantization>/<window>``, ``tflite_logmel/<window>``,
+``savedmodel``, ``tflite_<quantization>/<window>``, ``tflite_<quantization>_batch/<window>`` (any
+batch), ``tflite_logmel/<window>``,
 ``tflite_frontend/<window>``, ``onnx/dynamic`` or ``onnx/b<batch>_t<frames>``, ``onnx2tf/<window>``.
 """
 
@@ -34,6 +35,8 @@ class RouteDef:
     route_class: str  # a class of tools.bench.routes
     artifact: Callable[[BenchModel, InputSpec], str]  # manifest key of the file this input runs
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # the inputs the route runs (the any-batch file: the batched ones; batch 1 is the default file's)
+    applies: Callable[[InputSpec], bool] = lambda spec: True
 
 
 def _tflite(quantization: str) -> RouteDef:
@@ -67,6 +70,15 @@ ROUTE_DEFS: dict[str, RouteDef] = {
             {"signature": "log_mel", "output": "log_mel"},
         ),
         *(_tflite(q) for q in TFLITE_QUANTIZATIONS),
+        RouteDef(
+            "tflite_float32_batch",
+            "eat-keras TFLite float32 for any batch (--tflite-batch), one invoke per batch (LiteRT, XNNPACK)",
+            END_TO_END,
+            "LiteRTRoute",
+            lambda m, s: f"tflite_float32_batch/{s.window_key}",
+            {"feed": "waveform"},
+            applies=lambda s: s.batch > 1,
+        ),
         RouteDef(
             "tflite_frontend",
             "eat-keras TFLite front-end only, float32",
@@ -109,8 +121,9 @@ ROUTE_DEFS: dict[str, RouteDef] = {
 }
 
 TAG_HOUR = "tag_hour"  # not a timed route: the CLI on a one-hour recording, see tools.bench.tag_hour
+AGREEMENT = "agreement"  # not a timed route: quantized files vs Keras on ESC-10, see tools.bench.agreement
 ROUTE_GROUPS = {"tflite": [n for n in ROUTE_DEFS if n.startswith("tflite_")]}
-ALL_ROUTES = [*ROUTE_DEFS, TAG_HOUR]
+ALL_ROUTES = [*ROUTE_DEFS, TAG_HOUR, AGREEMENT]
 
 
 def expand_routes(names: Iterable[str]) -> list[str]:
@@ -134,6 +147,6 @@ def required_artifacts(model: BenchModel, routes: Iterable[str], specs: Iterable
     specs = list(specs)
     for name in routes:
         if name in ROUTE_DEFS:
-            for spec in specs:
+            for spec in filter(ROUTE_DEFS[name].applies, specs):
                 keys[ROUTE_DEFS[name].artifact(model, spec)] = None
     return list(keys)

@@ -212,6 +212,19 @@ def _tag_hour(tag: dict[str, Any] | None, title: str = "## Tagging a long record
     ]
 
 
+def _agreement(agreement: dict[str, Any] | None) -> list[str]:
+    if not agreement:
+        return []
+    lines = ["## Quantized files vs Keras: ESC-10 zero-shot top-1 agreement (mn04)", ""]
+    if "error" in agreement:
+        return lines + [f"Failed: {agreement['error']}", ""]
+    lines += [f"All {agreement['clips']} clips, scores averaged over each clip's windows. Full int8 calibrated on "
+              f"{agreement['calibration_summary']}. Export of all files: {agreement['export_s']:.0f} s.", ""]
+    rows = [[f"`{c['file']}`", f"{c['agree']}/{c['clips']}", f"{c['top1_agreement']:.3f}", f"{c['max_abs_score_diff']:.4f}"]
+            for c in agreement["files"].values()]
+    return lines + _table(["file", "agree", "top-1 agreement", "max |Δscore|"], rows, "lrrr")
+
+
 def _legend() -> list[str]:
     rows = [[f"`{d.name}`", d.label, d.scope] for d in ROUTE_DEFS.values()]
     return ["## Routes", ""] + _table(["route", "what", "scope"], rows, "lll")
@@ -224,6 +237,7 @@ def render(results: dict[str, Any]) -> str:
         lines += _model(name, model, inputs)
     lines += _tag_hour(results.get("tag_hour"), "## Tagging a long recording (mn10 float32 .tflite, CLI)")
     lines += _tag_hour(results.get("tag_hour_keras"), "### The same with the mn10 .pt (Keras model on TensorFlow)")
+    lines += _agreement(results.get("agreement"))
     if "total_wall_s" in results:
         lines += [f"Whole run: {results['total_wall_s'] / 60:.1f} min.", ""]
     return "\n".join(lines)

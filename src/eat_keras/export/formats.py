@@ -154,9 +154,13 @@ def add_tflite_flags(group: Any) -> None:
     )  # fmt: skip
     group.add_argument(
         "--quantization", nargs="+", choices=export_options.QUANTIZATIONS, metavar="Q",
-        help=f"{_words(export_options.QUANTIZATIONS)} (default: {_words(quantizations)}, plus int8 with --calibration)",
+        help=f"{_words(export_options.QUANTIZATIONS)} (default: {_words(quantizations)}, plus int8 when calibration audio is known)",
     )  # fmt: skip
-    group.add_argument("--calibration", nargs="+", metavar="FILE", help="audio files to calibrate full int8 on")
+    group.add_argument(
+        "--calibration", nargs="+", metavar="FILE",
+        help="audio files to calibrate full int8 on (default: a fine-tuned model's training files, where its run "
+        "folder lists them; int8 is then written too)",
+    )  # fmt: skip
     group.add_argument(
         "--calibration-windows", type=int, default=export_options.DEFAULT_CALIBRATION_WINDOWS, metavar="N",
         help="at most N calibration windows, spread over the files (default: %(default)s)",
@@ -168,6 +172,26 @@ def add_tflite_flags(group: Any) -> None:
         "classifier head)",
     )  # fmt: skip
     group.add_argument("--no-metadata", action="store_true", help="write no MediaPipe metadata (no mediapipe needed)")
+    group.add_argument(
+        "--tflite-batch", action="store_true",
+        help="also write files (*_batch.tflite) that take a batch of any size through the interpreter's "
+        "resize_tensor_input, for servers: one invoke per batch",
+    )  # fmt: skip
+
+
+def tflite_calibration(request: ExportRequest) -> list[Any]:
+    """``--calibration``, else the training files of the fine-tuning run the model comes from."""
+    options = request.options
+    if options.calibration:
+        return list(options.calibration)
+    from eat_keras.export.calibration import run_training_files
+
+    found = run_training_files(getattr(options, "model", "") or "")
+    if found is None:
+        return []
+    folder, files = found
+    request.log(f"full int8: calibrating on the run's {len(files)} training files ({folder})")
+    return files
 
 
 def write_tflite(request: ExportRequest) -> list[Any]:
@@ -180,18 +204,19 @@ def write_tflite(request: ExportRequest) -> list[Any]:
         request.name,
         window_seconds=options.window_seconds,
         quantizations=options.quantization,
-        calibration_files=options.calibration or (),
+        calibration_files=tflite_calibration(request),
         max_calibration_windows=options.calibration_windows,
         log_mel=not options.no_logmel,
         outputs=options.tflite_outputs,
         metadata=not options.no_metadata,
         log=request.log,
+        any_batch=options.tflite_batch,
     )
 
 
 def describe_tflite(artifact: Any) -> str:
     size = artifact.path.stat().st_size / 1e6
-    shape = "x".join(map(str, artifact.input_shape))
+    shape = "x".join(["N" if artifact.any_batch else "1", *map(str, artifact.input_shape[1:])])
     return f"wrote TFLite {artifact.path}  ({artifact.quantization}, {artifact.input_kind} {shape}, {size:.2f} MB)"
 
 

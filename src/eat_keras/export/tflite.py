@@ -9,12 +9,17 @@ back to a slow double-precision kernel), except in ``dynamic_int8`` files, which
 (see below). A log-mel variant ``[1, n_mels, frames]`` → ``scores`` serves targets that compute
 the features themselves.
 
+Files for servers (``any_batch``, ``*_batch.tflite``): the same graph inside a ``WHILE`` loop over a
+batch of any size, which ``resize_tensor_input`` sets; each example runs the batch-1 graph
+(:func:`each_example`).
+
 Quantizations (``<name>_<window>s_<quant>.tflite``, ``<name>_logmel_<frames>f_<quant>.tflite``):
 
 - ``float32``;
 - ``float16``: weights stored as float16, computed in float32 (half the size);
 - ``dynamic_int8``: int8 weights, float activations quantized on the fly;
-- ``int8``: full-integer network calibrated on user audio, float32 input and output tensors.
+- ``int8``: full-integer network calibrated on user audio, float32 input and output tensors; the
+  int8 ranges of hard-swish inputs start at -3 (:func:`narrow_pre_hard_swish_ranges`).
 
 The front-end always stays in float32 (its power spectrum spans ~14 decades, which int8 cannot
 hold): for ``int8`` the front-end nodes are excluded from quantization with the converter's
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import tempfile
@@ -85,7 +91,7 @@ from eat_keras.models.saving import (
     remove_stale_staging,
     staging_folder,
 )
-from eat_keras.models.tagger import log_mel_in_range
+from eat_keras.models.tagger import LOG_MEL_CEILING
 
 #: name scope of the front-end ops in the converted graph; selects them for float-only checks
 FRONTEND_SCOPE = "eat_frontend"
@@ -108,6 +114,7 @@ class TFLiteArtifact:
     outputs: tuple[str, ...]
     window_seconds: float | None = None  # waveform files
     frames: int | None = None  # log-mel files
+    any_batch: bool = False  # input_shape's batch of 1 may be resized to any size (resize_tensor_input)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -132,17 +139,22 @@ class _ConversionModule(tf.Module):
         return {k: everything[k] for k in outputs}
 
     def waveform_function(
-        self, num_samples: int, outputs: Sequence[str], frontend: str = "factored_dft", gate: bool = True
+        self,
+        num_samples: int,
+        outputs: Sequence[str],
+        frontend: str = "factored_dft",
+        gate: bool = True,
+        any_batch: bool = False,
     ) -> Any:
         """``frontend``: "factored_dft" (convolutions and matmuls, XNNPACK-delegated; see
         :mod:`eat_keras.frontend_dft`) or "rfft" (``RFFT2D``, mel matrix as the left matmul operand).
-        ``gate``: NaN outputs for non-finite input (:func:`nan_gate`)."""
+        ``gate``: NaN outputs for non-finite input (:func:`nan_gate`). ``any_batch``: a batch of any
+        size, one example at a time (:func:`each_example`); else a batch of 1."""
         config = self._tagger.config.frontend
         if frontend == "factored_dft" and radix_for(config) is None:
             frontend = "rfft"
 
-        @tf.function(input_signature=[tf.TensorSpec([1, num_samples], tf.float32, name="waveform")])
-        def serve(waveform: tf.Tensor) -> dict[str, tf.Tensor]:
+        def scores(waveform: tf.Tensor) -> dict[str, tf.Tensor]:
             with tf.name_scope(FRONTEND_SCOPE):
                 if frontend == "factored_dft":
                     mel = factored_log_mel(waveform, config)
@@ -150,26 +162,67 @@ class _ConversionModule(tf.Module):
                     mel = log_mel_spectrogram(waveform, config, constant_left=True)
             return self._outputs(mel, outputs, gate)
 
-        return serve.get_concrete_function()
+        return _serving_function(scores, tf.TensorSpec([1, num_samples], tf.float32, name="waveform"), any_batch)
 
-    def log_mel_function(self, frames: int, outputs: Sequence[str], gate: bool = True) -> Any:
+    def log_mel_function(self, frames: int, outputs: Sequence[str], gate: bool = True, any_batch: bool = False) -> Any:
         n_mels = self._tagger.config.frontend.n_mels
 
-        @tf.function(input_signature=[tf.TensorSpec([1, n_mels, frames], tf.float32, name="log_mel")])
-        def serve(log_mel: tf.Tensor) -> dict[str, tf.Tensor]:
+        def scores(log_mel: tf.Tensor) -> dict[str, tf.Tensor]:
             return self._outputs(tf.expand_dims(log_mel, -1), outputs, gate)
 
-        return serve.get_concrete_function()
+        return _serving_function(scores, tf.TensorSpec([1, n_mels, frames], tf.float32, name="log_mel"), any_batch)
+
+
+def _serving_function(fn: Callable[[tf.Tensor], dict[str, tf.Tensor]], example: tf.TensorSpec, any_batch: bool) -> Any:
+    """The concrete function that is converted: ``fn`` on a batch of 1, or on any batch (the
+    leading dimension left unknown) through :func:`each_example`."""
+    if not any_batch:
+        return tf.function(fn, input_signature=[example]).get_concrete_function()
+    spec = tf.TensorSpec([None, *example.shape[1:]], example.dtype, name=example.name)
+    shapes = tf.function(fn).get_concrete_function(example).structured_outputs  # traced apart, not converted
+    return tf.function(lambda batch: each_example(fn, batch, shapes), input_signature=[spec]).get_concrete_function()
+
+
+def each_example(
+    fn: Callable[[tf.Tensor], dict[str, tf.Tensor]], inputs: tf.Tensor, shapes: dict[str, tf.Tensor]
+) -> dict[str, tf.Tensor]:
+    """``fn`` on each example ``[1, ...]`` of a batch of any size, in a loop (a ``WHILE`` op whose
+    body XNNPACK runs); ``shapes``: ``fn``'s outputs for one example, for their sizes.
+
+    Why: each example runs the batch-1 graph, which XNNPACK runs fastest (``PAD`` + ``VALID``
+    depthwise convs, DyMN's aggregated filters) on tensors that stay in the caches, with one copy of
+    the packed weights; a batch-N graph works on N-times larger tensors, and N copies of the graph
+    pack the weights N times (docs/design.md, "TFLite files that take a batch"). Each result goes to
+    its own row through a select, so a NaN of one example (:func:`nan_gate`) stays in its row."""
+    batch = tf.shape(inputs)[0]
+    example_shape = inputs.shape[1:]
+
+    def body(i: tf.Tensor, rows: dict[str, tf.Tensor]) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        begin = tf.stack([i] + [0] * len(example_shape))
+        result = fn(tf.slice(inputs, begin, [1, *example_shape]))
+        this_row = tf.equal(tf.range(batch), i)[:, tf.newaxis]
+        return i + 1, {key: tf.where(this_row, result[key], rows[key]) for key in rows}
+
+    initial = {key: tf.zeros(tf.stack([batch, int(value.shape[1])])) for key, value in shapes.items()}
+    _, rows = tf.while_loop(lambda i, rows: i < batch, body, [tf.constant(0), initial])
+    return rows
 
 
 def nan_gate(log_mel: tf.Tensor) -> tf.Tensor:
-    """``[batch, 1]``: 0 where the example's log-mel passes
-    :func:`~eat_keras.models.tagger.log_mel_in_range` (the test on which the Keras model and the
-    SavedModel raise), NaN otherwise. Added to the outputs, it leaves normal scores bit for bit and
-    turns unscorable input into NaN. ``x * 0`` or ``x - x`` forms would be no use: the converter
-    folds them to 0. Kernels that saturate an overflowing power at the largest float give a log-mel
-    above the ceiling, so they are caught too."""
-    return tf.where(log_mel_in_range(log_mel), 0.0, np.nan)[:, tf.newaxis]
+    """``[batch, 1]``: 0 where the example's log-mel passes the test on which the Keras model and
+    the SavedModel raise (:func:`~eat_keras.models.tagger.log_mel_in_range`: finite and below
+    :data:`~eat_keras.models.tagger.LOG_MEL_CEILING`), NaN otherwise. Added to the outputs, it leaves
+    normal scores bit for bit and turns unscorable input into NaN. ``x * 0`` or ``x - x`` forms would
+    be no use: the converter folds them to 0. Kernels that saturate an overflowing power at the
+    largest float give a log-mel above the ceiling, so they are caught too.
+
+    Finiteness is read off the mean, where ``log_mel_in_range`` takes the sum: float16 files store
+    the infinity it is compared with as 65504, float16's largest value, which the sum of a mostly
+    silent 10 s log-mel exceeds (128 000 values of -1.4); a finite log-mel's mean stays below 20."""
+    axes = list(range(1, log_mel.shape.rank))
+    below = tf.reduce_max(log_mel, axis=axes) < LOG_MEL_CEILING
+    finite = tf.abs(tf.reduce_mean(log_mel, axis=axes)) < np.inf  # NaN compares false
+    return tf.where(tf.logical_and(below, finite), 0.0, np.nan)[:, tf.newaxis]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,20 +313,22 @@ def _tensor_type_names() -> dict[int, str]:
 
 
 def _in_frontend(tensor_name: bytes | str) -> bool:
+    """Whether a converted tensor comes from the front-end's name scope (also inside the loop of a
+    file that takes any batch: ``while/eat_frontend/...``)."""
     name = tensor_name.decode() if isinstance(tensor_name, bytes) else tensor_name
-    return any(part.startswith(FRONTEND_SCOPE + "/") for part in name.split(";"))
+    return any(f"/{FRONTEND_SCOPE}/" in f"/{part}" for part in name.split(";"))
 
 
 def frontend_tensor_names(model: bytes) -> list[str]:
     """Names of the tensors that the front-end ops produce (the converter keeps the name scope)."""
     obj = read_model(model)
-    subgraph = obj.subgraphs[0]
     names = []
-    for op in subgraph.operators:
-        for i in op.outputs:
-            name = subgraph.tensors[i].name
-            if _in_frontend(name):
-                names.append(name.decode() if isinstance(name, bytes) else name)
+    for subgraph in obj.subgraphs:  # a loop's body is a subgraph of its own
+        for op in subgraph.operators:
+            for i in op.outputs:
+                name = subgraph.tensors[i].name
+                if _in_frontend(name):
+                    names.append(name.decode() if isinstance(name, bytes) else name)
     return names
 
 
@@ -285,9 +340,8 @@ def check_frontend_float(model: bytes) -> int:
 
     type_names = _tensor_type_names()
     obj = read_model(model)
-    subgraph = obj.subgraphs[0]
     count = 0
-    for op in subgraph.operators:
+    for subgraph, op in ((g, op) for g in obj.subgraphs for op in g.operators):
         if not any(_in_frontend(subgraph.tensors[i].name) for i in op.outputs):
             continue
         count += 1
@@ -346,18 +400,20 @@ def _convert(
     quantization: str,
     outputs: Sequence[str],
     calibration: Sequence[np.ndarray] | None = None,
+    any_batch: bool = False,
 ) -> bytes:
-    """One conversion: ``input_kind`` "waveform" (length = samples) or "log_mel" (length = frames)."""
+    """One conversion: ``input_kind`` "waveform" (length = samples) or "log_mel" (length = frames);
+    a batch of 1, or of any size (``any_batch``)."""
     # The dynamic-range quantizer would turn the factored front-end's DFT weights into int8 (it
     # quantizes every large constant conv/FC weight); the RFFT graph keeps its mel matrix float.
     frontend = "rfft" if quantization == "dynamic_int8" else "factored_dft"
     gate = quantization != "int8"  # an int8 output could not carry the NaN
     if input_kind == "waveform":
-        function = module.waveform_function(length, outputs, frontend, gate)
+        function = module.waveform_function(length, outputs, frontend, gate, any_batch)
     else:
-        function = module.log_mel_function(length, outputs, gate)
+        function = module.log_mel_function(length, outputs, gate, any_batch)
     converter = _base_converter(function, module)
-    float_key = (input_kind, length, tuple(outputs), frontend, gate)
+    float_key = (input_kind, length, tuple(outputs), frontend, gate, any_batch)
     if quantization == "float32":
         model = module._float_models[float_key] = converter.convert()
     elif quantization == "float16":
@@ -368,25 +424,12 @@ def _convert(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         model = converter.convert()
     elif quantization == "int8":
-        if not calibration:
-            raise TFLiteExportError("full int8 quantization needs calibration audio (--calibration FILES)")
-        samples = [np.asarray(x, np.float32)[np.newaxis] for x in calibration]
-
-        def representative() -> Iterable[list[np.ndarray]]:
-            for x in samples:
-                yield [x]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-        converter.inference_input_type = tf.float32
-        converter.inference_output_type = tf.float32
+        float_model = None  # a log-mel file has no front-end to keep in float
         if input_kind == "waveform":
             if float_key not in module._float_models:
                 module._float_models[float_key] = _base_converter(function, module).convert()
-            model = _selectively_quantize(converter, module._float_models[float_key], representative)
-        else:
-            model = converter.convert()
+            float_model = module._float_models[float_key]
+        model = _full_int8(converter, float_model, calibration)
     else:
         raise TFLiteExportError(f"unknown quantization {quantization!r}; choose from {QUANTIZATIONS}")
     if input_kind == "waveform" and check_frontend_float(model) == 0:
@@ -394,6 +437,73 @@ def _convert(
     model = _finalize_io(model, input_kind, outputs)
     check_builtin_only(model)
     return model
+
+
+def _full_int8(
+    converter: tf.lite.TFLiteConverter, float_model: bytes | None, calibration: Sequence[np.ndarray] | None
+) -> bytes:
+    """Full int8 of the network calibrated on ``calibration``; with ``float_model`` (waveform
+    files) the front-end stays float32 (:func:`_selectively_quantize`)."""
+    if not calibration:
+        raise TFLiteExportError("full int8 quantization needs calibration audio (--calibration FILES)")
+    samples = [np.asarray(x, np.float32)[np.newaxis] for x in calibration]
+
+    def representative() -> Iterable[list[np.ndarray]]:
+        for x in samples:
+            yield [x]
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.inference_input_type = tf.float32
+    converter.inference_output_type = tf.float32
+    if float_model is None:
+        return narrow_pre_hard_swish_ranges(converter.convert())
+    return narrow_pre_hard_swish_ranges(_selectively_quantize(converter, float_model, representative))
+
+
+#: hard-swish is 0 for every input at or below this value
+HARD_SWISH_FLOOR = -3.0
+
+
+def narrow_pre_hard_swish_ranges(model: bytes) -> bytes:
+    """Int8 tensors read by a ``HARD_SWISH`` alone get the range ``[-3, max]`` instead of the
+    calibrated ``[min, max]``: hard-swish maps everything at or below -3 to 0, so the values below
+    are kept as well by the saturating int8 conversion, while the finer step halves the rounding
+    error of those activations (docs/design.md, "Full int8"). The producing operator rescales to the
+    tensor's new parameters when the file is loaded."""
+    obj = read_model(model)
+    for subgraph in obj.subgraphs:
+        for index in _read_by_hard_swish_alone(obj, subgraph):
+            _start_range_at(subgraph.tensors[index].quantization, HARD_SWISH_FLOOR)
+    return _write_model(obj)
+
+
+def _read_by_hard_swish_alone(obj: Any, subgraph: Any) -> list[int]:
+    """The int8 tensors of ``subgraph`` whose only reader is a ``HARD_SWISH``."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    readers: dict[int, list[str]] = {}
+    for op in subgraph.operators:
+        for i in op.inputs:
+            readers.setdefault(int(i), []).append(operator_code_name(obj.operatorCodes[op.opcodeIndex]))
+    return [
+        i for i, names in readers.items()
+        if names == ["HARD_SWISH"] and subgraph.tensors[i].type == schema.TensorType.INT8
+    ]  # fmt: skip
+
+
+def _start_range_at(quantization: Any, floor: float) -> None:
+    """Per-tensor int8 parameters covering ``[floor, max]`` where they reached below ``floor``."""
+    if quantization is None or quantization.scale is None or len(quantization.scale) != 1:
+        return
+    scale, zero_point = float(quantization.scale[0]), int(quantization.zeroPoint[0])
+    low, high = (-128 - zero_point) * scale, (127 - zero_point) * scale
+    if low >= floor - scale or high <= 0:  # within a step of the floor already (the zero point is rounded)
+        return
+    scale = (high - floor) / 255.0
+    quantization.scale = np.array([scale], np.float32)
+    quantization.zeroPoint = np.array([int(round(-128 - floor / scale))], np.int64)
 
 
 def _selectively_quantize(
@@ -429,9 +539,13 @@ def calibration_windows(
     max_windows: int = DEFAULT_CALIBRATION_WINDOWS,
 ) -> list[np.ndarray]:
     """Non-overlapping windows of ``num_samples`` from each file (a shorter file, or the last part of
-    a longer one when no full window fits, is zero-padded); at most ``max_windows``, spread evenly."""
+    a longer one when no full window fits, is zero-padded); at most ``max_windows``, spread evenly.
+    Of more files than ``max_windows``, as many files spread over the list are read (a run's
+    training set can hold thousands)."""
     from eat_keras.audio import load_audio
 
+    if len(files) > max_windows:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, max_windows).round().astype(int)]
     windows: list[np.ndarray] = []
     for path in files:
         audio = load_audio(str(path), sample_rate)
@@ -448,10 +562,15 @@ def calibration_windows(
     return [np.asarray(w, np.float32) for w in windows]
 
 
-def artifact_filename(name: str, quantization: str, window_seconds: float | None = None, frames: int | None = None) -> str:
+def artifact_filename(
+    name: str, quantization: str, window_seconds: float | None = None, frames: int | None = None, any_batch: bool = False
+) -> str:
+    """``<name>_<window>s_<quant>.tflite`` or ``<name>_logmel_<frames>f_<quant>.tflite``; files that
+    take any batch end in ``_batch``."""
+    suffix = "_batch" if any_batch else ""
     if window_seconds is not None:
-        return f"{name}_{window_seconds:g}s_{quantization}.tflite"
-    return f"{name}_logmel_{frames}f_{quantization}.tflite"
+        return f"{name}_{window_seconds:g}s_{quantization}{suffix}.tflite"
+    return f"{name}_logmel_{frames}f_{quantization}{suffix}.tflite"
 
 
 def _description(tagger: AudioTagger, name: str, input_desc: str, quantization: str, outputs: Sequence[str]) -> str:
@@ -484,6 +603,7 @@ def export_tflite(
     outputs: Sequence[str] = DEFAULT_OUTPUTS,
     metadata: bool = True,
     log: Callable[[str], None] | None = None,
+    any_batch: bool = False,
 ) -> list[TFLiteArtifact]:
     """Write the TFLite files of ``tagger`` into ``<out_dir>/<name>/tflite/`` and describe them.
 
@@ -492,23 +612,22 @@ def export_tflite(
     ``quantizations`` defaults to float32, float16 and dynamic_int8, plus int8 when
     ``calibration_files`` are given. With ``log_mel``, each window also gets a log-mel-input file
     with the same number of frames. ``outputs`` must start with ``scores``. ``metadata`` needs the
-    ``mediapipe`` package. Files are built in a staging folder and renamed into place one by one;
-    files of an earlier export with the same names are replaced, others are kept. A failed write is
-    one :class:`~eat_keras.errors.OutputError` and leaves no folder this call created.
+    ``mediapipe`` package. ``any_batch``: each window and quantization also gets a file that takes a
+    batch of any size (``resize_tensor_input``; :func:`each_example`). Files are built in a staging
+    folder and renamed into place one by one; files of an earlier export with the same names are
+    replaced, others are kept. A failed write is one :class:`~eat_keras.errors.OutputError` and
+    leaves no folder this call created.
     """
     if not tagger.class_names:
         raise TFLiteExportError("the tagger needs class names to be exported")
     window_seconds = default_windows(tagger) if window_seconds is None else window_seconds
-    outputs = tuple(outputs)
-    if not outputs or outputs[0] != "scores" or len(set(outputs)) != len(outputs) or not set(outputs) <= set(OUTPUTS):
-        raise TFLiteExportError(f"outputs must start with 'scores' and be distinct names from {OUTPUTS}; got {outputs}")
     if quantizations is None:
         quantizations = DEFAULT_QUANTIZATIONS + (("int8",) if calibration_files else ())
-    unknown = [q for q in quantizations if q not in QUANTIZATIONS]
-    if unknown:
-        raise TFLiteExportError(f"unknown quantization {unknown}; choose from {QUANTIZATIONS}")
-    if "int8" in quantizations and not calibration_files:
-        raise TFLiteExportError("full int8 quantization needs calibration audio (--calibration FILES)")
+    request = _Request(
+        name, tuple(quantizations), tuple(calibration_files), max_calibration_windows, log_mel, tuple(outputs),
+        metadata, any_batch,
+    )  # fmt: skip
+    request.check()
     if not window_seconds:
         raise TFLiteExportError("give at least one window length")
     check_output_name(name)
@@ -516,9 +635,6 @@ def export_tflite(
         from eat_keras.export.metadata import require_mediapipe
 
         require_mediapipe()  # fail before converting anything if mediapipe is missing
-    request = _Request(
-        name, tuple(quantizations), tuple(calibration_files), max_calibration_windows, log_mel, outputs, metadata
-    )
     say = log or (lambda message: None)
     if not tagger.built:
         tagger.build_for_inference()
@@ -555,6 +671,23 @@ class _Request:
     log_mel: bool
     outputs: tuple[str, ...]
     metadata: bool
+    any_batch: bool
+
+    def check(self) -> None:
+        """Refuse what no file can be made of, before anything is converted."""
+        outputs = self.outputs
+        if not outputs or outputs[0] != "scores" or len(set(outputs)) != len(outputs) or not set(outputs) <= set(OUTPUTS):
+            raise TFLiteExportError(f"outputs must start with 'scores' and be distinct names from {OUTPUTS}; got {outputs}")
+        unknown = [q for q in self.quantizations if q not in QUANTIZATIONS]
+        if unknown:
+            raise TFLiteExportError(f"unknown quantization {unknown}; choose from {QUANTIZATIONS}")
+        if "int8" in self.quantizations and not self.calibration_files:
+            raise TFLiteExportError("full int8 quantization needs calibration audio (--calibration FILES)")
+
+    @property
+    def batch_kinds(self) -> tuple[bool, ...]:
+        """``any_batch`` of each file of a window and quantization: batch 1, then any batch if asked."""
+        return (False, True) if self.any_batch else (False,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -582,19 +715,23 @@ def _window_jobs(module: _ConversionModule, request: _Request, seconds: float) -
             mel_fn = tf.function(lambda w: tagger.frontend(w, training=False)[..., 0])
             log_mel_calibration = [mel_fn(tf.constant(w[np.newaxis])).numpy()[0] for w in calibration]
     jobs = []
-    for quantization in request.quantizations:
-        filename = artifact_filename(request.name, quantization, window_seconds=seconds)
+    for any_batch, quantization in itertools.product(request.batch_kinds, request.quantizations):
+        filename = artifact_filename(request.name, quantization, window_seconds=seconds, any_batch=any_batch)
         artifact = TFLiteArtifact(
-            Path(filename), "waveform", quantization, (1, samples), request.outputs, window_seconds=float(seconds)
-        )
-        desc = f"[1, {samples}] waveform ({seconds:g} s at {config.sample_rate} Hz)"
+            Path(filename), "waveform", quantization, (1, samples), request.outputs, window_seconds=float(seconds),
+            any_batch=any_batch,
+        )  # fmt: skip
+        desc = f"[{'batch' if any_batch else 1}, {samples}] waveform ({seconds:g} s at {config.sample_rate} Hz)"
         jobs.append(_Job(artifact, samples, calibration, desc))
     if request.log_mel:
-        for quantization in request.quantizations:
-            filename = artifact_filename(request.name, quantization, frames=frames)
+        for any_batch, quantization in itertools.product(request.batch_kinds, request.quantizations):
+            filename = artifact_filename(request.name, quantization, frames=frames, any_batch=any_batch)
             shape = (1, config.n_mels, frames)
-            artifact = TFLiteArtifact(Path(filename), "log_mel", quantization, shape, request.outputs, frames=frames)
-            jobs.append(_Job(artifact, frames, log_mel_calibration, f"[1, {config.n_mels}, {frames}] log-mel"))
+            artifact = TFLiteArtifact(
+                Path(filename), "log_mel", quantization, shape, request.outputs, frames=frames, any_batch=any_batch
+            )
+            desc = f"[{'batch' if any_batch else 1}, {config.n_mels}, {frames}] log-mel"
+            jobs.append(_Job(artifact, frames, log_mel_calibration, desc))
     return jobs
 
 
@@ -602,7 +739,10 @@ def _file_bytes(module: _ConversionModule, request: _Request, job: _Job) -> byte
     """The finished file of ``job``: converted, checked, with settings and (optionally) metadata."""
     tagger = module._tagger
     artifact = job.artifact
-    model = _convert(module, artifact.input_kind, job.length, artifact.quantization, request.outputs, job.calibration)
+    model = _convert(
+        module, artifact.input_kind, job.length, artifact.quantization, request.outputs, job.calibration,
+        artifact.any_batch,
+    )  # fmt: skip
     model = _with_settings(model, tagger)
     if not request.metadata:
         return model
