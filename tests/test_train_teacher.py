@@ -227,3 +227,20 @@ def test_a_side_with_unlabelled_files_is_not_evaluated(with_unlabelled):
     side = PreparedSide(read_prepared(with_unlabelled / "prepared"), "train")
     with pytest.raises(EatKerasError, match="3 of the 9 files have no label"):
         file_logits(lambda w: w[:, :2], side, list(CLASSES), 32000)
+
+
+def test_an_ensemble_averages_its_teachers_logits(folders, tmp_path):
+    import tensorflow as tf
+
+    from eat_keras.models.saving import load_tagger_dir, save_tagger
+    from eat_keras.train.teacher import OnlineTeacher
+
+    other = load_tagger_dir(folders["teacher"])
+    kernel, bias = other.net.head.classifier.get_weights()
+    other.net.head.classifier.set_weights([-kernel, bias + np.array([-1.0, 3.0], np.float32)])
+    save_tagger(other, tmp_path / "other")
+    waveform = tf.constant(np.random.default_rng(1).uniform(-0.3, 0.3, (2, 48000)), tf.float32)
+    one, two = (OnlineTeacher([str(t)], list(CLASSES)).logits(waveform).numpy() for t in (folders["teacher"], tmp_path / "other"))
+    both = OnlineTeacher([str(folders["teacher"]), str(tmp_path / "other")], list(CLASSES)).logits(waveform).numpy()
+    assert np.abs(one - two).max() > 1.0  # two different teachers
+    np.testing.assert_allclose(both, (one + two) / 2, rtol=1e-5, atol=1e-5 * np.abs(one).max())
