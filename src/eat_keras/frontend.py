@@ -17,7 +17,8 @@ Inference (:func:`inference_log_mel`, the layer with ``training=False``, hence t
 the same maths with fewer passes over memory: one example at a time, so that each stage's tensors
 stay in the caches; the power read from the spectrum's interleaved real and imaginary parts; the mel
 projection as banded matmuls over the bins each group of filters touches (docs/design.md, "SavedModel
-front-end").
+front-end"). Neither ``map_fn`` nor ``bitcast`` is a TFLite builtin: traced inside
+:func:`~eat_keras.builtin_ops.builtin_ops_only`, the layer takes :func:`log_mel_spectrogram` instead.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from eat_keras.builtin_ops import builtin_ops_requested
 from eat_keras.frontend_config import FrontendConfig  # importable from here too
 
 PREEMPHASIS = 0.97
@@ -252,6 +254,8 @@ class LogMelSpectrogram(tf_keras.layers.Layer):
 
     def call(self, waveform: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         if not training:
+            if builtin_ops_requested():  # map_fn and bitcast are not TFLite builtins
+                return log_mel_spectrogram(waveform, self.config)
             return inference_log_mel(waveform, self.config)
         log_mel = log_mel_from_power(power_spectrogram(waveform, self.config), self._training_banks())
         if self.config.freqm > 0:

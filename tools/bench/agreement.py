@@ -7,9 +7,8 @@ every window, the scores are averaged over the clip's windows and the top-1 clas
 (:func:`tools.tflite_agreement.windows_of`, as ``tools/tflite_agreement.py`` does).
 
 Full int8 is calibrated on a stated set that holds none of the evaluated clips: the ``../shared/audio``
-recordings (4 × 10 s) and spoken words made with espeak-ng (``tools/make_speech_domain.py``, when
-espeak-ng is on PATH), joined into 10 s recordings so that 10 s windows see speech rather than
-padding. Run by ``python -m tools.bench --routes agreement`` in a subprocess (Keras and the converter
+recordings (4 × 10 s) and 96 spoken words made with espeak-ng (``tools/make_speech_domain.py``, when
+espeak-ng is on PATH; 1 s files, zero-padded to the 10 s window as ESC-10's 5 s clips are). Run by ``python -m tools.bench --routes agreement`` in a subprocess (Keras and the converter
 stay out of the timing process); on its own::
 
     python -m tools.bench.agreement --work-dir build/bench --json build/bench/agreement.json
@@ -37,49 +36,32 @@ from tools.tflite_agreement import esc10_clips, windows_of  # noqa: E402
 SAMPLE_RATE = 32000
 WINDOWS = (1.0, 10.0)
 QUANTIZATIONS = ("float32", "float16", "dynamic_int8", "int8")
-#: spoken-word recordings joined from the speech domain's files, and their length
-SPEECH_RECORDINGS = 24
-SPEECH_SECONDS = 10.0
+#: spoken-word files of the speech domain among the calibration files (with the 4 recordings: the
+#: default 100 calibration windows, one per file)
+SPEECH_FILES = 96
 
 
-def speech_recordings(work_dir: Path, count: int = SPEECH_RECORDINGS, seed: int = 0) -> list[Path]:
-    """``count`` recordings of ``SPEECH_SECONDS`` of espeak-ng words one after the other, made once
-    into ``work_dir/calibration``; none where espeak-ng is missing."""
-    import soundfile as sf
-
-    from eat_keras.audio import load_audio
-
-    out = work_dir / "calibration"
-    made = sorted(out.glob("speech_*.wav"))
-    if len(made) >= count:
-        return made[:count]
-    if shutil.which("espeak-ng") is None:
-        return []
+def speech_files(work_dir: Path, count: int = SPEECH_FILES) -> list[Path]:
+    """``count`` of the spoken-word files of ``tools/make_speech_domain.py`` (1 s each, a word in
+    low noise), spread over its speakers and words; made once into ``work_dir/speech_domain``, none
+    where espeak-ng is missing."""
     domain = work_dir / "speech_domain"
     if not (domain / "manifest.csv").is_file():
+        if shutil.which("espeak-ng") is None:
+            return []
         command = [sys.executable, str(paths.REPO_ROOT / "tools" / "make_speech_domain.py"), "--out", str(domain)]
         subprocess.run(command, check=True, capture_output=True)
     words = sorted((domain / "audio").rglob("*.wav"))
-    rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    length = int(SPEECH_SECONDS * SAMPLE_RATE)
-    for i in range(count):
-        pieces, total = [], 0
-        while total < length:
-            piece = load_audio(str(words[rng.integers(len(words))]), SAMPLE_RATE)
-            pieces.append(piece)
-            total += len(piece)
-        sf.write(str(out / f"speech_{i:02d}.wav"), np.concatenate(pieces)[:length], SAMPLE_RATE, subtype="FLOAT")
-    return sorted(out.glob("speech_*.wav"))[:count]
+    return [words[i] for i in np.linspace(0, len(words) - 1, min(count, len(words))).round().astype(int)]
 
 
 def calibration_set(work_dir: Path) -> tuple[list[Path], str]:
     """The int8 calibration files and a line that states them."""
     shared = paths.audio_files()
-    speech = speech_recordings(work_dir)
+    speech = speech_files(work_dir)
     summary = f"{len(shared)} ../shared/audio recordings (10 s each)"
     if speech:
-        summary += f" and {len(speech)} × {SPEECH_SECONDS:g} s of espeak-ng words (tools/make_speech_domain.py)"
+        summary += f" and {len(speech)} espeak-ng words in 1 s of noise (tools/make_speech_domain.py)"
     return [*shared, *speech], summary + "; no ESC-10 clip"
 
 

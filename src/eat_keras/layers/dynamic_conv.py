@@ -19,8 +19,8 @@ result is obtained exactly, for any batch and length, with ops that TFLite has a
     In training the per-sample filters get their gradient from a forward depthwise conv
     (:func:`depthwise_filter_gradient`) instead of TF's filter-gradient op, which is slow on
     these shapes;
-  - any batch, TFLite builtins only (traced inside :func:`builtin_ops_only`, for converting an
-    any-batch graph to TFLite): all K kernels at once, then contract. One static ``DepthwiseConv2D``
+  - any batch, TFLite builtins only (traced inside :func:`~eat_keras.builtin_ops.builtin_ops_only`,
+    for converting an any-batch graph to TFLite): all K kernels at once, then contract. One static ``DepthwiseConv2D``
     with ``depth_multiplier=K`` (TF orders its outputs ``c·K + k``) gives ``[B, F', T', C·K]``;
     viewed as ``[B, F'·T'·C, K]`` it is contracted with the attention ``[B, K, 1]`` by a batched
     matmul. K× the MACs of a static depthwise conv, yet the fastest builtin-only, any-batch variant.
@@ -30,36 +30,20 @@ Each form is the fastest of the alternatives measured for where it runs (docs/de
 
 The folded variant needs a runtime filter whose channel count is ``B·C``: with a dynamic batch the
 TFLite converter rejects it (``tf.DepthwiseConv2dNative`` falls back to Flex), so a graph meant for
-TFLite with a dynamic batch is traced inside :func:`builtin_ops_only`.
+TFLite with a dynamic batch is traced inside :func:`~eat_keras.builtin_ops.builtin_ops_only`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
 import tf_keras
 
+from eat_keras.builtin_ops import builtin_ops_requested
 from eat_keras.layers.conv_bn import torch_padded_depthwise_conv, torch_padding
-
-_BUILTIN_OPS_ONLY = contextvars.ContextVar("eat_keras_builtin_ops_only", default=False)
-
-
-@contextlib.contextmanager
-def builtin_ops_only() -> Iterator[None]:
-    """Graphs traced inside use TFLite builtin ops only, also for a dynamic batch (DynamicConv's
-    depthwise then takes the K-wide conv + batched matmul form). Wrap the tracing
-    (``get_concrete_function``) of an any-batch graph that is to be converted to TFLite."""
-    token = _BUILTIN_OPS_ONLY.set(True)
-    try:
-        yield
-    finally:
-        _BUILTIN_OPS_ONLY.reset(token)
 
 DEFAULT_NUM_KERNELS = 4
 
@@ -183,7 +167,7 @@ class DynamicConv(tf_keras.layers.Layer):
             # A batch fixed at 1 (the TFLite files' [1, N] input): a builtin DEPTHWISE_CONV_2D with a
             # runtime filter, several times faster on LiteRT/XNNPACK than the K-wide form.
             return conv(x, tf.reshape(tf.matmul(flat, attention, transpose_b=True), [k, k, channels, 1]))
-        if _BUILTIN_OPS_ONLY.get():
+        if builtin_ops_requested():
             y = conv(x, self.kernel)  # [B, F', T', C·K], channel c·K + k
             shape = tf.shape(y)
             y = tf.matmul(tf.reshape(y, [shape[0], -1, self.num_kernels]), tf.expand_dims(attention, -1))
