@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import tf_keras
 
 from conftest import CLIPS
 from eat_keras.errors import ArchitectureMismatchError
+from eat_keras.litert import make_interpreter
 from eat_keras.layers import ContextGenerator, CoordinateAttention, DynamicConv, DynamicReLU, builtin_ops_only
 from eat_keras.models import EfficientATNet, ModelConfig, count_parameters
 from eat_keras.models.blocks import InvertedResidual
@@ -422,11 +424,11 @@ def _builtin_operator_names() -> set[str]:
     return {name for name in vars(schema.BuiltinOperator) if name.isupper()}
 
 
-def _builtin_only_interpreter(fn: tf.types.experimental.ConcreteFunction) -> tf.lite.Interpreter:
+def _builtin_only_interpreter(fn: tf.types.experimental.ConcreteFunction) -> Any:
     # without a trackable object the converter freezes the function directly (seconds, not a minute)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    interpreter = tf.lite.Interpreter(model_content=converter.convert())
+    interpreter = make_interpreter(converter.convert())
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
     assert ops <= _builtin_operator_names(), ops - _builtin_operator_names()
     assert not any("flex" in op.lower() or "custom" in op.lower() for op in ops)
@@ -434,7 +436,7 @@ def _builtin_only_interpreter(fn: tf.types.experimental.ConcreteFunction) -> tf.
     return interpreter
 
 
-def _invoke(interpreter: tf.lite.Interpreter, x: np.ndarray) -> np.ndarray:
+def _invoke(interpreter: Any, x: np.ndarray) -> np.ndarray:
     index = interpreter.get_input_details()[0]["index"]
     interpreter.resize_tensor_input(index, x.shape)
     interpreter.allocate_tensors()
