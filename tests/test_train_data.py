@@ -8,6 +8,7 @@ import random
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -286,6 +287,21 @@ def test_split_is_deterministic_order_independent_and_seeded(esc10: list[Example
     random.Random(0).shuffle(shuffled)
     assert split_examples(shuffled, seed=1) == a
     assert split_examples(esc10, seed=2)["val"] != a["val"]
+
+
+def test_a_data_set_splits_the_same_wherever_it_is_stored() -> None:
+    """Files without a group are ranked by their path below the data set's folder, not by where
+    the folder is: a copy on another disk (a colleague's machine, CI) gets the same split."""
+    names = [f"{label}/{i}.wav" for label in "abc" for i in range(20)]
+
+    def split_below(folder: str, **options: Any) -> dict[str, list[str]]:
+        examples = [Example(f"{folder}/{n}", n[0], fold=str(int(n[2:-4]) % 4 + 1)) for n in names]
+        return {side: [e.path[len(folder) + 1 :] for e in files] for side, files in split_examples(examples, **options).items()}
+
+    for options in ({"val_fraction": 0.2, "test_fraction": 0.2}, {"val_fraction": 0.2, "test_folds": [4]}):
+        here = split_below("/data", seed=3, **options)
+        assert here == split_below("/mnt/disk2/copy/data", seed=3, **options)
+        assert here["val"] and here["test"]
 
 
 def test_fold_split_matches_upstream_esc50(esc10: list[Example]) -> None:

@@ -26,6 +26,7 @@ from eat_keras.train.prepare import (
     MANIFEST_NAME,
     PrepareSettings,
     dequantize,
+    plan_prepare,
     plan_shards,
     prepare,
     quantize,
@@ -239,8 +240,10 @@ def test_a_killed_prepare_leaves_no_partial_shard_and_the_rerun_reuses_finished_
 
 
 def test_an_interrupted_prepare_removes_its_temporary_file(data: Path, tmp_path: Path) -> None:
-    def interrupt(done: int) -> None:
-        if done == 2:
+    first_shard = plan_prepare(read_dataset(data), SETTINGS).shards[0]
+
+    def interrupt(done: int) -> None:  # after the first shard's last record, before it is moved into place
+        if done == len(first_shard.tasks):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

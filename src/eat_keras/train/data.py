@@ -54,6 +54,8 @@ __all__ = [
     "class_counts",
     "class_names_of",
     "compile_group_pattern",
+    "data_root",
+    "example_key",
     "groups_from_names",
     "make_dataset",
     "manifest_columns",
@@ -465,8 +467,10 @@ def split_examples(
        go to each held-out side; with ``val_fraction > 0`` every class with at least 2 groups gets
        at least one validation group, and every class keeps at least one for training.
 
-    Groups are ranked per class by a hash of ``(seed, group)``, so the result does not depend on the
-    input order, changes with the seed, and moves few files when files are added to the data set.
+    Groups are ranked per class by a hash of ``(seed, group)``, files without a group by a hash of
+    ``(seed, path below the data set's folder)``: the result does not depend on the input order or
+    on where the data set is stored, changes with the seed, and moves few files when files are
+    added to the data set (inside its folder: one outside moves the folder, and so every key).
     Unlabelled files (distillation) all go to the training side, and never change the labelled
     files' sides.
     """
@@ -481,7 +485,7 @@ def split_examples(
     if any(e.split is not None for e in ordered):
         sides = _given_split(ordered)
     elif test_folds is None and val_folds is None:
-        sides = _stratified_split(ordered, val_fraction, test_fraction, seed)
+        sides = _stratified_split(ordered, val_fraction, test_fraction, seed, data_root(ordered))
     else:
         sides = _fold_split(ordered, val_fraction, test_fraction, seed, test_folds, val_folds)
     if unlabelled:
@@ -568,6 +572,7 @@ def _fold_split(
         val_fraction if val_folds is None else 0.0,
         test_fraction if test_folds is None else 0.0,
         seed,
+        data_root(ordered),
     )
     return {
         "train": carved["train"],
@@ -588,9 +593,20 @@ def _digest(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
-def _unit_of(e: Example) -> str:
-    """What a split assigns as a whole: the group, else the file (prefixed: no name collisions)."""
-    return f"group:{e.group}" if e.group is not None else f"file:{e.path}"
+def data_root(examples: Sequence[Example]) -> str:
+    """The deepest folder that holds every file: keys are paths relative to it, so a data set
+    splits and shards the same wherever it is stored."""
+    return os.path.commonpath([os.path.dirname(e.path) for e in examples])
+
+
+def example_key(example: Example, root: str) -> str:
+    return Path(os.path.relpath(example.path, root)).as_posix()
+
+
+def _unit_of(e: Example, root: str) -> str:
+    """What a split assigns as a whole: the group, else the file by its path below ``root``
+    (prefixed: no name collisions)."""
+    return f"group:{e.group}" if e.group is not None else f"file:{example_key(e, root)}"
 
 
 def _majority_label(unit: list[Example]) -> str:
@@ -615,11 +631,11 @@ def _held_out_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[
 
 
 def _stratified_split(
-    examples: list[Example], val_fraction: float, test_fraction: float, seed: int
+    examples: list[Example], val_fraction: float, test_fraction: float, seed: int, root: str
 ) -> dict[str, list[Example]]:
     units: dict[str, list[Example]] = defaultdict(list)
     for e in examples:
-        units[_unit_of(e)].append(e)
+        units[_unit_of(e, root)].append(e)
     by_class: dict[str, list[str]] = defaultdict(list)
     for unit in units:
         by_class[_majority_label(units[unit])].append(unit)
@@ -656,7 +672,8 @@ def split_report(splits: Mapping[str, Sequence[Example]]) -> str:
         lines.append(line("unlabelled", unlabelled))
     lines.append(line("total", [len(splits[s]) for s in sides]))
     if any(e.group is not None for items in splits.values() for e in items):
-        lines.append(line("groups", [len({_unit_of(e) for e in splits[s]}) for s in sides]))
+        # a count of units, the same below any folder
+        lines.append(line("groups", [len({_unit_of(e, root="/") for e in splits[s]}) for s in sides]))
     return "\n".join(lines)
 
 

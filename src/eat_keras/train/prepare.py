@@ -55,6 +55,8 @@ from eat_keras.train.data import (
     Example,
     check_no_leakage,
     class_names_of,
+    data_root,
+    example_key,
     groups_from_names,
     split_examples,
 )
@@ -70,7 +72,7 @@ __all__ = [
     "PreparePlan",
     "PreparedData",
     "ShardPlan",
-    "data_root",
+    "data_root",  # defined in eat_keras.train.data (the split keys files the same way)
     "dequantize",
     "encode_file",
     "finished_shards",
@@ -260,16 +262,6 @@ def encode_file(task: FileTask) -> EncodedFile:
 
 
 # --- the plan: which file goes to which shard, in which order ---------------------------------
-
-
-def data_root(examples: Sequence[Example]) -> str:
-    """The deepest folder that holds every file: keys are paths relative to it, so a data set
-    shards the same wherever it is stored."""
-    return os.path.commonpath([os.path.dirname(e.path) for e in examples])
-
-
-def example_key(example: Example, root: str) -> str:
-    return Path(os.path.relpath(example.path, root)).as_posix()
 
 
 def _digest_int(text: str) -> int:

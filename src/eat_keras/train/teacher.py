@@ -348,8 +348,7 @@ def _prepared_files(folder: Path) -> _Files:
 def _audio_files(data: str, unlabelled: str | None) -> _Files:
     """Every file of a data set (and of an unlabelled folder), decoded one at a time."""
     from eat_keras.audio import SAMPLE_RATE, audio_info
-    from eat_keras.train.data import make_dataset, read_dataset, read_unlabelled_folder
-    from eat_keras.train.prepare import data_root, example_key
+    from eat_keras.train.data import data_root, example_key, make_dataset, read_dataset, read_unlabelled_folder
 
     examples = read_dataset(data) + (read_unlabelled_folder(unlabelled) if unlabelled else [])
     root = data_root(examples)
