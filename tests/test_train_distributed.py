@@ -31,7 +31,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from tiny_training import best_values, checkpoint_values, tiny_finetune_config, tiny_model, write_class_folders  # noqa: F401
+from tiny_training import (  # noqa: F401
+    best_values,
+    checkpoint_values,
+    save_tiny_teacher,
+    tiny_finetune_config,
+    tiny_model,
+    write_class_folders,
+)
 
 from eat_keras.train.data import read_folder_dataset
 from eat_keras.train.prepare import PrepareSettings, PreparedData, prepare
@@ -226,7 +233,8 @@ def test_mirrored_strategy_splits_each_batch_across_two_devices(prepared, tiny_m
 
 
 @pytest.mark.slow
-def test_two_workers_read_their_own_shards_and_end_with_identical_weights(prepared, tiny_model, tmp_path):
+@pytest.mark.parametrize("teacher", [False, True], ids=["plain", "online_teacher"])
+def test_two_workers_read_their_own_shards_and_end_with_identical_weights(prepared, tiny_model, teacher, tmp_path):
     out = tmp_path / "run"
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{port}" for port in ports]}
@@ -235,6 +243,8 @@ def test_two_workers_read_their_own_shards_and_end_with_identical_weights(prepar
         "--clip-seconds", "1", "--batch-size", str(BATCH), "--epochs", str(EPOCHS), "--lr", "1e-3",
         "--warmup-fraction", "0", "--last-lr-factor", "1",
     ]  # fmt: skip
+    if teacher:  # each worker runs the teacher on its own clips (the default loss then has a kd term)
+        argv += ["--teacher", str(save_tiny_teacher(tmp_path / "teacher"))]
     specs = [{"strategy": "multi_worker", "argv": argv, "reads": str(tmp_path / f"reads{i}.json")} for i in range(2)]
     envs = [_child_env({"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(2)]
     with _children(tmp_path, specs, envs) as procs:
@@ -244,6 +254,7 @@ def test_two_workers_read_their_own_shards_and_end_with_identical_weights(prepar
     other = out / "workers" / "worker-1"  # the chief (worker 0) writes the run, worker 1 its copy
     rows = _assert_trained(out)
     assert (other / "log.csv").read_text() == (out / "log.csv").read_text() and len(rows) == EPOCHS
+    assert ("train_kd" in rows[0]) == teacher
     _assert_identical(best_values(other), best_values(out))
     last = f"checkpoints/ckpt-{EPOCHS}"  # weights, BatchNorm statistics, optimizer slots, RNG, counters
     _assert_identical(checkpoint_values(other / last), checkpoint_values(out / last))

@@ -16,6 +16,7 @@ from tiny_training import (  # noqa: F401
     checkpoint_values,
     interrupting_epoch_2,
     save_tiny_model,
+    save_tiny_teacher,
     tiny_finetune_config,
     tiny_model,
     write_class_folders,
@@ -35,24 +36,13 @@ REL = 1e-4  # online against precomputed logits: float32 sums over another batch
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
-    """Four files per class (three train, one validate), three unlabelled files, and a teacher with
-    the data's classes (in another order) whose scores are far from uniform and differ from file to file (a random tiny
-    network's embeddings are ~1e-5: its classifier is scaled up and given a bias)."""
-    from eat_keras.frontend import FrontendConfig
-    from eat_keras.models import ModelConfig, build_tagger
-    from eat_keras.models.saving import save_tagger
-
+    """Four files per class (three train, one validate), three unlabelled files, the tiny model as
+    student and :func:`save_tiny_teacher`'s teacher (the classes in reverse order)."""
     root = tmp_path_factory.mktemp("distill")
     for i in range(3):
         write_clip(root / "unlabelled" / f"u{i}.wav", CLASSES[i % 2], 20 + i)
-    # another width and front-end than the student's (0.1, 32 mel bins)
-    teacher = build_tagger(ModelConfig(width_mult=0.2, num_classes=2, frontend=FrontendConfig(n_mels=64)), list(CLASSES)[::-1])
-    teacher.build_for_inference()
-    kernel, bias = teacher.net.head.classifier.get_weights()
-    teacher.net.head.classifier.set_weights([kernel * 1e7, bias + np.array([2.0, -2.0], np.float32)])
-    save_tagger(teacher, root / "teacher")
     return {"data": write_class_folders(root / "data", per_class=4), "unlabelled": root / "unlabelled",
-            "teacher": root / "teacher", "student": save_tiny_model(root / "student")}  # fmt: skip
+            "teacher": save_tiny_teacher(root / "teacher"), "student": save_tiny_model(root / "student")}  # fmt: skip
 
 
 def _log(run: Path) -> list[dict[str, str]]:

@@ -46,6 +46,24 @@ def save_tiny_model(folder: Path) -> Path:
     return folder
 
 
+def save_tiny_teacher(folder: Path, class_names: tuple[str, ...] = CLASSES[::-1]) -> Path:
+    """A teacher for the tiny data, with the data's classes (by default in another order), another
+    width and front-end than the tiny model's (0.2, 64 mel bins), and scores far from uniform that
+    differ from file to file (a random tiny network's embeddings are ~1e-5: its classifier is scaled
+    up and given a bias)."""
+    from eat_keras.frontend import FrontendConfig
+    from eat_keras.models import ModelConfig, build_tagger
+    from eat_keras.models.saving import save_tagger
+
+    config = ModelConfig(width_mult=0.2, num_classes=len(class_names), frontend=FrontendConfig(n_mels=64))
+    teacher = build_tagger(config, list(class_names))
+    teacher.build_for_inference()
+    kernel, bias = teacher.net.head.classifier.get_weights()
+    teacher.net.head.classifier.set_weights([kernel * 1e7, bias + np.linspace(2.0, -2.0, len(class_names), dtype=np.float32)])
+    save_tagger(teacher, folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     """The tiny model as a folder, once per test module (import the fixture to use it)."""
