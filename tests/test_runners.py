@@ -254,3 +254,4 @@ def test_a_fine_tuned_models_export_carries_its_training_window(artifacts, tmp_p
     assert accuracies == want
     difference = float(out.split("max |logit A - logit B|: ")[1].split()[0])
     assert difference < 1e-3  # compared: both ran at 2 s
+    assert float(out.split("max |score A - score B|: ")[1].split()[0]) < 1e-3

@@ -346,6 +346,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         runner_a.logits, logits_b, examples, runner_a.class_names,
         (windows[0].samples, windows[1].samples), args.batch_size,
         centre_rows=not (runner_a.logits_exact and runner_b.logits_exact), progress=True,
+        label_type=runner_a.label_type or runner_b.label_type,
     )
     print(result.summary(runner_a.name, runner_b.name))
     return 0

@@ -148,6 +148,8 @@ class Verification:
     max_abs_logit_difference: float | None  # None: the two ran at different windows
     num_files: int
     rows_centred: bool = False  # the difference was taken after removing each file's mean logit
+    # the scores of each file's mean logits; None: different windows, or no label type known
+    max_abs_score_difference: float | None = None
 
     @property
     def accuracy_difference(self) -> float:
@@ -160,15 +162,17 @@ class Verification:
             difference = f"max |logit A - logit B|: {self.max_abs_logit_difference:.3g}" + (
                 " (each file's mean removed: softmax scores give logits up to a constant)" if self.rows_centred else ""
             )
-        return "\n".join(
-            [
-                f"A {name_a}: accuracy {self.accuracy_a:.4f}",
-                f"B {name_b}: accuracy {self.accuracy_b:.4f}",
-                f"difference B - A: {self.accuracy_difference:+.4f}",
-                f"top-1 agreement: {self.agreement:.4f} ({self.num_files} files)",
-                difference,
-            ]
-        )
+        lines = [
+            f"A {name_a}: accuracy {self.accuracy_a:.4f}",
+            f"B {name_b}: accuracy {self.accuracy_b:.4f}",
+            f"difference B - A: {self.accuracy_difference:+.4f}",
+            f"top-1 agreement: {self.agreement:.4f} ({self.num_files} files)",
+            difference,
+        ]
+        if self.max_abs_score_difference is not None:
+            # an int8 file's scores that round to 0 are far apart as logits, not as scores
+            lines.append(f"max |score A - score B|: {self.max_abs_score_difference:.3g} (scores of each file's mean logits)")
+        return "\n".join(lines)
 
 
 def verify(
@@ -181,17 +185,34 @@ def verify(
     cache: AudioCache | None = None,
     centre_rows: bool = False,
     progress: bool = False,
+    label_type: str | None = None,
 ) -> Verification:
     """Each artifact evaluated as :func:`evaluate` does, at its own window when ``clip_samples``
     is a pair. ``centre_rows``: compare logits after removing each file's mean, for an artifact
-    whose logits are only known up to a per-file constant (softmax scores turned back into logits)."""
+    whose logits are only known up to a per-file constant (softmax scores turned back into logits).
+    ``label_type`` (softmax or sigmoid scores) adds the largest difference of the scores."""
     clip_a, clip_b = clip_samples if isinstance(clip_samples, tuple) else (clip_samples, clip_samples)
     options = {"batch_size": batch_size, "cache": cache}  # without a cache each side decodes as it goes
     report_a, logits_a = evaluate(predict_a, examples, class_names, clip_a, progress="A" if progress else None, **options)
     report_b, logits_b = evaluate(predict_b, examples, class_names, clip_b, progress="B" if progress else None, **options)
     agreement = float(np.mean(logits_a.argmax(axis=1) == logits_b.argmax(axis=1)))
+    same_window = clip_a == clip_b
+    score_difference = None
+    if same_window and label_type is not None:
+        score_difference = float(np.abs(_scores(logits_a, label_type) - _scores(logits_b, label_type)).max())
     if centre_rows:
         logits_a = logits_a - logits_a.mean(axis=1, keepdims=True)
         logits_b = logits_b - logits_b.mean(axis=1, keepdims=True)
-    difference = float(np.abs(logits_a - logits_b).max()) if clip_a == clip_b else None
-    return Verification(report_a.accuracy, report_b.accuracy, agreement, difference, len(logits_a), centre_rows)
+    difference = float(np.abs(logits_a - logits_b).max()) if same_window else None
+    return Verification(
+        report_a.accuracy, report_b.accuracy, agreement, difference, len(logits_a), centre_rows, score_difference
+    )
+
+
+def _scores(logits: np.ndarray, label_type: str) -> np.ndarray:
+    """Softmax (``single_label``) or sigmoid scores of ``[files, classes]`` logits, in float64."""
+    logits = logits.astype(np.float64)
+    if label_type == "single_label":
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+    return 0.5 * (1.0 + np.tanh(0.5 * logits))  # the sigmoid, without overflow for large |logits|
