@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from tiny_training import CLASSES, SR, write_class_folders
 
+from eat_keras.runners import _scores_to_logits
 from eat_keras.train.data import read_folder_dataset
 from eat_keras.train.evaluate import verify
 
@@ -20,12 +21,12 @@ def _model_logits(waveforms: np.ndarray) -> np.ndarray:
 
 
 def _int8_file_logits(waveforms: np.ndarray) -> np.ndarray:
-    """What a runner reads back from an int8 softmax file: scores on 1/256 steps, logged (the
-    second class's score rounds to 0, floored at the smallest normal float32)."""
+    """What the TFLite runner reads back from an int8 softmax file: scores on 1/256 steps (the second
+    class's rounds to 0), turned back into logits as the runner does."""
     logits = _model_logits(waveforms).astype(np.float64)
     scores = np.exp(logits - logits.max(axis=1, keepdims=True))
     scores = np.round(scores / scores.sum(axis=1, keepdims=True) / INT8_SCORE_STEP) * INT8_SCORE_STEP
-    return np.log(np.clip(scores, np.finfo(np.float32).tiny, 1.0)).astype(np.float32)
+    return _scores_to_logits(scores, "single_label")
 
 
 def test_scores_rounded_to_zero_differ_as_logits_but_not_as_scores(tmp_path: Path) -> None:
