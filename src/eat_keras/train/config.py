@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from eat_keras.errors import ConfigError
 from eat_keras.models.config import LABEL_TYPES
+from eat_keras.presets import PRESETS
 from eat_keras.tagging import MIN_SECONDS
 from eat_keras.train.loss_table import (
     DEFAULT_DISTILLATION_LOSS_TERMS,
@@ -41,6 +44,8 @@ _NON_NEGATIVE = (
     "warmup_fraction", "last_lr_factor", "mixup_alpha", "gain_db",
     "roll_samples", "freqm", "timem", "freeze_backbone_epochs",
 )  # fmt: skip
+# Settings that name files or folders (or presets): recorded as absolute paths, see _absolute_paths.
+_PATHS = ("model", "weights", "teachers", "teacher_logits", "unlabelled")
 # Counts: a fraction would fail deep inside tf.data or Python's range().
 _INTEGER = (
     "batch_size", "epochs", "gain_db", "roll_samples",
@@ -120,9 +125,25 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         self.loss_settings = {**default_loss_settings(), **self.loss_settings}
+        self._absolute_paths()
         if self.has_teacher and self.loss_terms == dict(DEFAULT_LOSS_TERMS):
             self.loss_terms = dict(DEFAULT_DISTILLATION_LOSS_TERMS)  # the default loss, with its kd term
         self.validate()
+
+    def _absolute_paths(self) -> None:
+        """Existing files and folders as absolute paths: ``finetune.json`` then names the same
+        teacher (or data) whatever folder a run is resumed from, and ``--teacher t`` resumes a run
+        started with ``--teacher ./t``. A preset's name stays a name."""
+
+        def absolute(value: str) -> str:
+            return os.path.abspath(value) if value not in PRESETS and Path(value).exists() else value
+
+        for name in _PATHS:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, absolute(value))
+            elif isinstance(value, list):
+                setattr(self, name, [absolute(v) if isinstance(v, str) else v for v in value])
 
     @property
     def has_teacher(self) -> bool:
