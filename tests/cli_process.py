@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from conftest import REPO_ROOT
+from shared_data import REPO_ROOT
 
 MIB = 1 << 20
 #: the default ceiling for one command: far above a normal tag (about 0.5-0.9 GB with TensorFlow)

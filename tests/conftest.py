@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from shared_data import REPO_ROOT, find_shared_dir
+from shared_data import find_shared_dir
 
 
 def _in_ci() -> bool:

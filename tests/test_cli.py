@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO_ROOT
+from shared_data import REPO_ROOT
 
 TOP4 = ["Train", "Rail transport", "Railroad car, train wagon", "Subway, metro, underground"]
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from shared_data import REPO_ROOT
 
 if str(REPO_ROOT) not in sys.path:  # the tools run as `python -m tools.bench` from the repo root
     sys.path.append(str(REPO_ROOT))

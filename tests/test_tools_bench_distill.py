@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from conftest import REPO_ROOT
+from shared_data import REPO_ROOT
 from eat_keras.train.data import Example, read_manifest, split_examples
 
 if str(REPO_ROOT) not in sys.path:  # the tools run from the repo root

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from conftest import REPO_ROOT
+from shared_data import REPO_ROOT
 from eat_keras.frontend import FrontendConfig
 from eat_keras.frontend_dft import factored_log_mel, frame_pieces, make_plan
 from eat_keras.models.network import EfficientATNet

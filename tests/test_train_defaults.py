@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 
 import numpy as np
-import pytest
 import soundfile as sf
 import tensorflow as tf
 

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from tiny_training import (  # noqa: F401
     best_values,
     checkpoint_values,

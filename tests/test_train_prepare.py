@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from cli_process import run_cli
 from eat_keras.audio import load_audio
-from eat_keras.errors import AudioError, ConfigError, EatKerasError
+from eat_keras.errors import ConfigError, EatKerasError
 from eat_keras.train.data import AudioCache, Example, make_dataset, read_dataset, split_examples
 from eat_keras.train.prepare import (
     MANIFEST_NAME,

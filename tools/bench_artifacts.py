@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"artifact": f"`{artifact.path.name}`", "size_mb": _size(artifact.path) / 1e6, **probe})
             print(rows[-1], file=sys.stderr, flush=True)
     lines = [
-        f"| artifact | size (MB) | load (ms) | first inference (ms) | inference, median of 10 (ms) |",
+        "| artifact | size (MB) | load (ms) | first inference (ms) | inference, median of 10 (ms) |",
         "|---|---:|---:|---:|---:|",
     ]
     for r in rows:

@@ -860,8 +860,6 @@ def make_dataset(
     and keeps none (memory does not grow with the number of files; the cardinality is unknown).
     Fine-tuning reads prepared shards instead (:func:`eat_keras.train.shards.prepared_dataset`).
     """
-    import tensorflow as tf
-
     _check_dataset_arguments(examples, mode, clip_samples, batch_size, drop_remainder, first_epoch)
     index = _class_index(class_names)
     labels = np.array([-1 if e.label is None else _label_id(index, e) for e in examples], dtype=np.int32)
