@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from tiny_training import (  # noqa: F401
     CLASSES,
     best_values,
@@ -28,7 +30,13 @@ from tolerances import NETWORK_RTOL, OP_RTOL, assert_close
 from eat_keras.errors import ConfigError, EatKerasError
 from eat_keras.train.data import read_folder_dataset
 from eat_keras.train.fit import finetune
-from eat_keras.train.teacher import compute_teacher_logits, read_teacher_logits
+from eat_keras.train.teacher import (
+    FORMAT_NAME,
+    PrecomputedTeacher,
+    compute_teacher_logits,
+    read_teacher_logits,
+    write_teacher_logits,
+)
 
 CLEAN = {"mixup_alpha": 0.0, "gain_db": 0, "roll_samples": 0}  # the student's input is the file itself
 REL = 1e-4  # online against precomputed logits: float32 sums over another batch layout
@@ -97,8 +105,8 @@ def test_teacher_logits_of_a_data_set_score_every_file_once_decoded(folders, onl
     assert len(files.paths) == 8 + 3 and files.num_windows.tolist() == [1] * 11
     rows = {p: i for i, p in enumerate(files.paths)}
     for i, path in enumerate(prepared.paths):
-        want = prepared.logits[i, 0]
-        np.testing.assert_allclose(files.logits[rows[path], 0], want, rtol=0, atol=1e-3 * np.abs(want).max())
+        want = prepared.file_logits(i)[0]
+        np.testing.assert_allclose(files.file_logits(rows[path])[0], want, rtol=0, atol=1e-3 * np.abs(want).max())
 
 
 def test_upstream_layout_is_read_by_file_name(folders, online, tmp_path):
@@ -107,7 +115,8 @@ def test_upstream_layout_is_read_by_file_name(folders, online, tmp_path):
     names = [Path(p).name for p in archive.paths]
     if len(set(names)) != len(names):  # 0.wav of both classes: rename the rows by their keys
         names = archive.keys
-    np.save(tmp_path / "logits.npy", archive.logits[:, 0, :])
+    assert archive.num_windows.tolist() == [1] * len(names)
+    np.save(tmp_path / "logits.npy", archive.logits)
     (tmp_path / "files.txt").write_text("\n".join(names) + "\n")
     upstream = read_teacher_logits([str(tmp_path / "logits.npy"), str(tmp_path / "files.txt")])
     from eat_keras.train.prepare import read_prepared
@@ -117,6 +126,37 @@ def test_upstream_layout_is_read_by_file_name(folders, online, tmp_path):
     (tmp_path / "files.txt").write_text("\n".join(names[:-1]) + "\n")
     with pytest.raises(EatKerasError, match="one row per line"):
         read_teacher_logits([str(tmp_path / "logits.npy"), str(tmp_path / "files.txt")])
+
+
+def test_precomputed_logits_are_found_by_file_and_window_and_hold_no_padding(tmp_path):
+    """Files of 1, 4 and 2 windows: the file holds their 7 windows (no padding to the longest file's
+    4); a crop finds its file's window nearest its start, within the file's windows, in the
+    student's class order; a version-1 file (padded with NaN) reads as the same windows."""
+    counts, classes = np.array([1, 4, 2]), ["x", "y"]
+    logits = np.arange(7 * 2, dtype=np.float32).reshape(7, 2)
+    paths, keys = [str(tmp_path / f"{n}.wav") for n in "abc"], ["a.wav", "b.wav", "c.wav"]
+    write_teacher_logits(tmp_path / "t.npz", logits, counts, paths, keys, classes, 1.0, ["teacher"])
+    archive = read_teacher_logits([str(tmp_path / "t.npz")])
+    assert archive.logits.shape == (7, 2)
+    np.testing.assert_array_equal(archive.file_logits(1), logits[1:5])
+
+    # the training side: c then b (a is not trained); hop 1 s = 100 samples at 100 Hz
+    train = [{"path": paths[2], "key": keys[2]}, {"path": paths[1], "key": keys[1]}]
+    prepared = SimpleNamespace(entries=lambda side: train)
+    index, start = tf.constant([0, 0, 0, 1, 1, 1, 1]), tf.constant([0, 140, 900, 0, 149, 151, 10_000])
+    want = logits[[5, 6, 6, 1, 2, 3, 4]]
+    np.testing.assert_array_equal(PrecomputedTeacher(archive, prepared, classes, 100).logits(index, start), want)
+    swapped = PrecomputedTeacher(archive, prepared, classes[::-1], 100).logits(index, start)
+    np.testing.assert_array_equal(swapped, want[:, ::-1])
+
+    padded = np.full((3, 4, 2), np.nan, np.float32)
+    for i, first in enumerate([0, 1, 5]):
+        padded[i, : counts[i]] = logits[first : first + counts[i]]
+    fields = dict(np.load(tmp_path / "t.npz"))
+    np.savez(tmp_path / "v1.npz", **{**fields, "logits": padded, "version": np.int32(1), "format": np.array(FORMAT_NAME)})
+    version_1 = read_teacher_logits([str(tmp_path / "v1.npz")])
+    np.testing.assert_array_equal(version_1.logits, logits)
+    np.testing.assert_array_equal(version_1.num_windows, counts)
 
 
 def _teacher_logits(folders, online, tmp_path) -> Path:

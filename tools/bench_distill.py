@@ -69,7 +69,7 @@ def ensemble_predictions(models: list[str], data: Path, out: Path) -> np.ndarray
 
     compute_teacher_logits(models, str(data), str(out))
     archive = read_teacher_logits([str(out)])
-    return np.nanmean(archive.logits, axis=1).argmax(axis=1)
+    return np.stack([archive.file_logits(i).mean(axis=0) for i in range(len(archive.paths))]).argmax(axis=1)
 
 
 def fold4_scores(predicted: np.ndarray, fold4: list[Example], class_names: list[str]) -> dict:

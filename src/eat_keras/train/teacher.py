@@ -15,12 +15,15 @@ whose targets are the teacher's softened scores for each training row:
 The teacher-logits file (``eat-keras teacher-logits``, :func:`write_teacher_logits`) is a NumPy
 ``.npz`` archive:
 
-* ``logits``: float32 ``[files, windows, classes]`` (NaN past a file's last window);
+* ``logits``: float32 ``[windows, classes]``, the windows of every file one after another (file
+  ``i``'s ``num_windows[i]`` rows follow those of the files before it): the table grows with the
+  audio's length, not with the number of files times the longest file's windows;
 * ``num_windows``: int32 ``[files]``;
 * ``paths``: ``[files]`` the files' resolved paths; ``keys``: their paths relative to the data root;
 * ``class_names``: ``[classes]``; ``window_seconds``, ``hop_seconds``: the windows (window ``k``
   starts at ``k · hop``);
-* ``format``: ``"eat-keras-teacher-logits"``, ``version``: 1.
+* ``format``: ``"eat-keras-teacher-logits"``, ``version``: 2 (version 1 held ``[files, windows,
+  classes]``, NaN past a file's last window; it is still read).
 
 Another framework's logits come in the same archive, or in upstream's layout: a ``.npy`` array
 ``[files, classes]`` with a file list (a text file, one name per line) whose line ``i`` names row
@@ -55,7 +58,7 @@ __all__ = [
 ]
 
 FORMAT_NAME = "eat-keras-teacher-logits"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _MAX_LISTED = 3
 
 #: Mixes a batch's rows as its mixup did (``λ x + (1 - λ) x[perm]``), or ``None`` without mixup.
@@ -144,7 +147,8 @@ def _class_order(teacher_classes: Sequence[str], student_classes: Sequence[str],
 
 @dataclasses.dataclass
 class TeacherLogits:
-    """Logits read from a file: ``logits`` ``[files, windows, classes]``, one row per key."""
+    """Logits read from a file: ``logits`` ``[windows, classes]``, the windows of each file in turn
+    (``num_windows`` per file, see :meth:`file_logits`); one file per path and key."""
 
     logits: np.ndarray
     num_windows: np.ndarray
@@ -153,6 +157,11 @@ class TeacherLogits:
     class_names: list[str] | None  # None: upstream's bare array, in the data's class order
     hop_seconds: float | None  # None: one row per file, for any crop of it
     source: str
+
+    def file_logits(self, file: int) -> np.ndarray:
+        """``[windows, classes]``: the logits of file number ``file``, window by window."""
+        first = _first_windows(self.num_windows)[file]
+        return self.logits[first : first + self.num_windows[file]]
 
     def rows_for(self, entries: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Each prepared entry's row; refuses entries with no row, naming a few."""
@@ -167,6 +176,11 @@ class TeacherLogits:
             listed = ", ".join(missing[:_MAX_LISTED]) + (f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else "")
             raise EatKerasError(f"{self.source}: no teacher logits for {len(missing)} training file(s): {listed}")
         return np.array(rows, dtype=np.int64)
+
+
+def _first_windows(num_windows: np.ndarray) -> np.ndarray:
+    """Where each file's windows start in a table of every file's windows in turn."""
+    return np.concatenate([[0], np.cumsum(num_windows)[:-1]]).astype(np.int64)
 
 
 def _entry_names(entry: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -186,21 +200,26 @@ def _index(names: Sequence[str], normal: Callable[[str], str]) -> dict[str, int]
 
 
 class PrecomputedTeacher:
-    """Precomputed logits aligned with the prepared training files, looked up per row: the row of
-    the file, and its window nearest the crop's start."""
+    """Precomputed logits aligned with the prepared training files, looked up per row: the file's
+    windows, and among them the one nearest the crop's start."""
 
     def __init__(self, teacher_logits: TeacherLogits, prepared: PreparedData, class_names: Sequence[str], sample_rate: int) -> None:
-        entries = prepared.entries("train")
-        rows = teacher_logits.rows_for(entries)
-        logits = teacher_logits.logits[rows]
+        rows = teacher_logits.rows_for(prepared.entries("train"))
+        counts = teacher_logits.num_windows[rows].astype(np.int64)
+        # the training files' windows, file after file in the prepared order
+        starts = _first_windows(teacher_logits.num_windows)[rows]
+        logits = teacher_logits.logits[np.repeat(starts - _first_windows(counts), counts) + np.arange(counts.sum())]
         if teacher_logits.class_names is not None:
             logits = logits[..., _class_order(teacher_logits.class_names, class_names, teacher_logits.source)]
         elif logits.shape[-1] != len(class_names):
             raise EatKerasError(
                 f"{teacher_logits.source}: {logits.shape[-1]} logits per file, the data have {len(class_names)} classes"
             )
-        self.table = tf.constant(np.nan_to_num(logits.astype(np.float32)))
-        self.num_windows = tf.constant(teacher_logits.num_windows[rows].astype(np.int64))
+        if not np.isfinite(logits).all():
+            raise EatKerasError(f"{teacher_logits.source}: the teacher logits of some training files are not finite")
+        self.table = tf.constant(logits.astype(np.float32))
+        self.first_window = tf.constant(_first_windows(counts))
+        self.num_windows = tf.constant(counts)
         hop = teacher_logits.hop_seconds
         self.hop_samples = float(round(hop * sample_rate)) if hop else 0.0
 
@@ -212,7 +231,7 @@ class PrecomputedTeacher:
             window = tf.clip_by_value(nearest, 0, tf.gather(self.num_windows, index) - 1)
         else:
             window = tf.zeros_like(index)
-        return tf.gather_nd(self.table, tf.stack([index, window], axis=-1))
+        return tf.gather(self.table, tf.gather(self.first_window, index) + window)
 
     def targets(self, batch: Mapping[str, tf.Tensor], waveform: tf.Tensor, mix: Mix, form: str, temperature: float) -> tf.Tensor:
         """The ``teacher_probs`` of a training batch: softened, then mixed as the labels are."""
@@ -244,12 +263,15 @@ def _load(path: Path, what: str) -> Any:
 def _read_archive(path: Path) -> TeacherLogits:
     archive = _load(path, "the teacher logits")
     try:
-        if str(archive["format"]) != FORMAT_NAME or int(archive["version"]) > FORMAT_VERSION:
+        version = int(archive["version"])
+        if str(archive["format"]) != FORMAT_NAME or version > FORMAT_VERSION:
             raise EatKerasError(f"{path}: not a teacher-logits file of version <= {FORMAT_VERSION}")
         logits = np.asarray(archive["logits"], np.float32)
-        paths = [str(p) for p in archive["paths"]]
+        num_windows = np.asarray(archive["num_windows"], np.int64)
+        if version == 1:  # [files, windows, classes], NaN past each file's windows
+            logits = logits[np.arange(logits.shape[1]) < num_windows[:, np.newaxis]]
         return TeacherLogits(
-            logits, np.asarray(archive["num_windows"], np.int64), paths, [str(k) for k in archive["keys"]],
+            logits, num_windows, [str(p) for p in archive["paths"]], [str(k) for k in archive["keys"]],
             [str(c) for c in archive["class_names"]], float(archive["hop_seconds"]), str(path),
         )  # fmt: skip
     except KeyError as exc:
@@ -267,14 +289,12 @@ def _read_upstream(array_path: Path, list_path: Path) -> TeacherLogits:
             f"{array_path}: expected logits [files, classes] with one row per line of {list_path}; got "
             f"{list(logits.shape)} and {len(names)} names"
         )
-    return TeacherLogits(
-        logits[:, np.newaxis, :], np.ones(len(names), np.int64), names, names, None, None, str(array_path)
-    )
+    return TeacherLogits(logits, np.ones(len(names), np.int64), names, names, None, None, str(array_path))
 
 
 def window_logits(predict: Callable[[np.ndarray], np.ndarray], dataset: tf.data.Dataset, num_files: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(logits [files, windows, classes], num_windows [files])`` of an evaluation data set
-    (consecutive windows of each file, in order, its ``index`` counting the files)."""
+    """``(logits [windows, classes], num_windows [files])`` of an evaluation data set (consecutive
+    windows of each file, in order, its ``index`` counting the files): each file's windows in turn."""
     rows: dict[int, list[np.ndarray]] = {}
     for batch in dataset:
         logits = np.asarray(predict(batch["waveform"].numpy()), np.float32)
@@ -283,10 +303,7 @@ def window_logits(predict: Callable[[np.ndarray], np.ndarray], dataset: tf.data.
     if len(rows) != num_files:
         raise EatKerasError(f"teacher logits for {len(rows)} of {num_files} files")
     counts = np.array([len(rows[i]) for i in range(num_files)], np.int64)
-    table = np.full((num_files, int(counts.max()), len(rows[0][0])), np.nan, np.float32)
-    for i in range(num_files):
-        table[i, : counts[i]] = rows[i]
-    return table, counts
+    return np.stack([row for i in range(num_files) for row in rows[i]]), counts
 
 
 def write_teacher_logits(
