@@ -59,6 +59,7 @@ __all__ = [
     "groups_from_names",
     "make_dataset",
     "manifest_columns",
+    "num_windows",
     "read_esc50_manifest",
     "read_folder_dataset",
     "read_dataset",
@@ -874,7 +875,7 @@ def make_dataset(
         generator = _training_elements(cache, paths, labels, clip_samples, seed, first_epoch)
         num_elements = len(paths)
     else:
-        windows = [_num_windows(cache.get(p).shape[0], clip_samples) for p in paths]
+        windows = [num_windows(cache.get(p).shape[0], clip_samples) for p in paths]
         generator = _evaluation_elements(cache, paths, labels, clip_samples, windows)
         num_elements = sum(windows)
     return _batched(generator, num_elements, clip_samples, batch_size, drop_remainder, len(class_names))
@@ -931,7 +932,8 @@ def average_per_file(values: tf.Tensor, index: tf.Tensor, num_files: int) -> tf.
     return tf.math.unsorted_segment_mean(values, tf.cast(index, tf.int32), num_files)
 
 
-def _num_windows(num_samples: int, clip_samples: int) -> int:
+def num_windows(num_samples: int, clip_samples: int) -> int:
+    """Evaluation windows of a file: consecutive, the last zero-padded, at least one."""
     return max(1, -(-num_samples // clip_samples))
 
 
@@ -973,7 +975,7 @@ def _streamed_evaluation_elements(
     def generate() -> Iterator[dict[str, np.ndarray | int]]:
         for i, path in enumerate(paths):
             waveform = load_audio(path, SAMPLE_RATE)
-            for w in range(_num_windows(waveform.shape[0], clip_samples)):
+            for w in range(num_windows(waveform.shape[0], clip_samples)):
                 yield {"waveform": _fit(waveform, w * clip_samples, clip_samples), "label": labels[i], "index": i}
 
     return generate

@@ -24,9 +24,10 @@ import numpy as np
 import tensorflow as tf
 
 from eat_keras.errors import ConfigError, EatKerasError
+from eat_keras.train.data import num_windows
 from eat_keras.train.prepare import PreparedData, read_prepared
 
-__all__ = ["num_windows", "prepared_dataset", "worker_entries"]
+__all__ = ["prepared_dataset", "worker_entries"]
 
 _PARALLEL = {"num_parallel_calls": tf.data.AUTOTUNE, "deterministic": True}
 _FEATURES = {
@@ -35,11 +36,6 @@ _FEATURES = {
     "pcm": tf.io.FixedLenFeature([], tf.string),
     "scale": tf.io.FixedLenFeature([], tf.float32),
 }
-
-
-def num_windows(num_samples: int, clip_samples: int) -> int:
-    """Evaluation windows of a file: consecutive, the last zero-padded, at least one."""
-    return max(1, -(-num_samples // clip_samples))
 
 
 def _seed(seed: int, epoch: int, purpose: str) -> int:
