@@ -20,6 +20,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -150,12 +151,13 @@ def _children(folder: Path, specs: list[dict], envs: list[dict[str, str]]) -> It
                 proc.wait()
 
 
-def _wait_all(procs: list[subprocess.Popen], folder: Path) -> str:
-    """Wait for every child to exit 0 within the timeout; a child that fails ends the others at
-    once (they would wait for it forever). Returns the wall-clock and CPU time the children took."""
-    started, cpu_before = time.monotonic(), _children_cpu_seconds()
+def _wait(procs: list[subprocess.Popen], end_all_at_first_failure: bool = True) -> list[int]:
+    """The children's exit codes; every child still running at the timeout is killed (-9), and
+    with ``end_all_at_first_failure`` so is every other child once one fails (they would wait for
+    it forever)."""
+    started = time.monotonic()
     while any(p.poll() is None for p in procs):
-        failed = [i for i, p in enumerate(procs) if p.returncode not in (None, 0)]
+        failed = end_all_at_first_failure and any(p.returncode not in (None, 0) for p in procs)
         if failed or time.monotonic() - started > TIMEOUT_S:
             for p in procs:
                 if p.poll() is None:
@@ -163,7 +165,14 @@ def _wait_all(procs: list[subprocess.Popen], folder: Path) -> str:
                     p.wait()
             break
         time.sleep(0.2)
-    codes = [p.returncode for p in procs]
+    return [p.returncode for p in procs]
+
+
+def _wait_all(procs: list[subprocess.Popen], folder: Path) -> str:
+    """Wait for every child to exit 0 within the timeout. Returns the wall-clock and CPU time the
+    children took."""
+    started, cpu_before = time.monotonic(), _children_cpu_seconds()
+    codes = _wait(procs)
     if codes != [0] * len(procs):
         tails = "\n".join(f"--- child {i} (exit {c}):\n" + _tail(folder / f"child{i}.log") for i, c in enumerate(codes))
         took = time.monotonic() - started
@@ -231,22 +240,30 @@ def test_mirrored_strategy_splits_each_batch_across_two_devices(prepared, tiny_m
         assert sorted(i for b in read["batches"] for i in b) == list(range(train_files))
 
 
+def _finetune_argv(prepared: PreparedData, tiny_model: Path, out: Path, epochs: int = EPOCHS) -> list[str]:
+    return [
+        "finetune", str(prepared.folder), "--out", str(out), "--strategy", "multi_worker", "--model", str(tiny_model),
+        "--clip-seconds", "1", "--batch-size", str(BATCH), "--epochs", str(epochs), "--lr", "1e-3",
+        "--warmup-fraction", "0", "--last-lr-factor", "1",
+    ]  # fmt: skip
+
+
+def _two_workers(argv: list[str], folder: Path) -> tuple[list[dict], list[dict[str, str]]]:
+    """The children's specs and environments: two workers on free localhost ports, one command."""
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    specs = [{"strategy": "multi_worker", "argv": argv, "reads": str(folder / f"reads{i}.json")} for i in range(2)]
+    envs = [_child_env({"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(2)]
+    return specs, envs
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("teacher", [False, True], ids=["plain", "online_teacher"])
 def test_two_workers_read_their_own_shards_and_end_with_identical_weights(prepared, tiny_model, teacher, tmp_path):
     out = tmp_path / "run"
-    ports = _free_ports(2)
-    cluster = {"worker": [f"localhost:{port}" for port in ports]}
-    argv = [
-        "finetune", str(prepared.folder), "--out", str(out), "--strategy", "multi_worker", "--model", str(tiny_model),
-        "--clip-seconds", "1", "--batch-size", str(BATCH), "--epochs", str(EPOCHS), "--lr", "1e-3",
-        "--warmup-fraction", "0", "--last-lr-factor", "1",
-    ]  # fmt: skip
+    argv = _finetune_argv(prepared, tiny_model, out)
     if teacher:  # each worker runs the teacher on its own clips (the default loss then has a kd term)
         argv += ["--teacher", str(save_tiny_teacher(tmp_path / "teacher"))]
-    specs = [{"strategy": "multi_worker", "argv": argv, "reads": str(tmp_path / f"reads{i}.json")} for i in range(2)]
-    envs = [_child_env({"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(2)]
-    with _children(tmp_path, specs, envs) as procs:
+    with _children(tmp_path, *_two_workers(argv, tmp_path)) as procs:
         took = _wait_all(procs, tmp_path)
     print(f"two workers: {took}")
 
@@ -278,3 +295,24 @@ def _assert_each_worker_read_its_own_shards(prepared: PreparedData, reads: list[
             assert [len(b) for b in read["batches"]] == [BATCH // 2] * steps
             seen = [i for b in read["batches"] for i in b]
             assert set(seen) <= own[worker] and len(set(seen)) == len(seen), (worker, seen, sorted(own[worker]))
+
+
+@pytest.mark.slow
+def test_workers_that_would_resume_from_different_epochs_all_refuse(prepared, tiny_model, tmp_path):
+    """Each worker resumes from its own copy of the run. With worker 1's copy lost, a longer run
+    would go on from epoch 1 on the chief and start afresh on worker 1, two models under one
+    strategy: both refuse, in one line naming the epochs, before training."""
+    out = tmp_path / "run"
+    with _children(tmp_path, *_two_workers(_finetune_argv(prepared, tiny_model, out, epochs=1), tmp_path)) as procs:
+        _wait_all(procs, tmp_path)
+    log = (out / "log.csv").read_text()
+    shutil.rmtree(out / "workers" / "worker-1")
+
+    again = tmp_path / "again"
+    again.mkdir()
+    with _children(again, *_two_workers(_finetune_argv(prepared, tiny_model, out, epochs=2), again)) as procs:
+        codes = _wait(procs, end_all_at_first_failure=False)
+    assert -signal.SIGKILL not in codes and all(code != 0 for code in codes), codes
+    for i in range(2):
+        assert "the workers resume from different epochs (0, 1 done)" in (again / f"child{i}.log").read_text()
+    assert (out / "log.csv").read_text() == log  # nothing trained

@@ -828,6 +828,7 @@ def finetune(
         state = _training_state(base, inputs.class_names, config, strategy)
         del base
         manager = _restored(state, run, resuming, say)
+        _check_workers_resume_together(state, strategy)
         training = _Training(config, run, inputs, state, strategy, say)
         history = training.run_epochs(manager, verbose)
         if history and int(state.best_epoch) == 0:
@@ -846,12 +847,34 @@ def _check_batch_splits(config: FinetuneConfig, strategy: tf.distribute.Strategy
         )
 
 
+def _cluster_resolver(strategy: tf.distribute.Strategy) -> Any:
+    """The strategy's cluster when it spans several processes (``TF_CONFIG``), else ``None``."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return resolver if resolver is not None and resolver.cluster_spec().as_dict() else None
+
+
+def _check_workers_resume_together(state: _TrainingState, strategy: tf.distribute.Strategy) -> None:
+    """Refuse a start whose workers restored different epochs. Each worker resumes from its own copy
+    of the run; one whose copy was lost would start afresh beside the others, and the strategy's
+    updates, which assume every replica holds the same weights, would train two models at once."""
+    if _cluster_resolver(strategy) is None:
+        return
+    done = float(int(state.epoch))
+    epochs = strategy.gather(strategy.run(lambda: tf.constant([done])), axis=0).numpy()
+    if len(set(epochs.tolist())) > 1:
+        found = ", ".join(f"{e:.0f}" for e in sorted(set(epochs.tolist())))
+        raise EatKerasError(
+            f"the workers resume from different epochs ({found} done): each resumes from its own copy of the run (the "
+            "chief's --out, the others' OUT/workers/<task>-<index>); put the lost copies back, or use a new --out folder"
+        )
+
+
 def _worker_folder(out_dir: Path, strategy: tf.distribute.Strategy) -> Path:
     """The run folder this process writes: ``out_dir``, or for a multi-worker cluster's worker other
     than the chief its own folder inside it (every worker saves, as saving reads synchronised
     variables; only the chief's copy is the run's)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
+    resolver = _cluster_resolver(strategy)
+    if resolver is None:
         return out_dir
     task_type, task_id = resolver.task_type, resolver.task_id
     chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().jobs)
