@@ -5,20 +5,23 @@ class weights and resumed data are the ones the recipe promises, and a finished 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from tiny_training import tiny_finetune_config, tiny_model, write_class_folders  # noqa: F401
 
 import eat_keras.train.fit as fit_module
 from eat_keras.errors import EatKerasError
-from eat_keras.train.data import Example, class_counts, read_esc50_manifest
+from eat_keras.train.data import Example, class_counts, read_esc50_manifest, read_folder_dataset
 from eat_keras.train.fit import MONITORS, FinetuneConfig, _RunFolder, finetune, learning_rate_factor
 from eat_keras.train.losses import cross_entropy
 
@@ -387,13 +390,28 @@ def test_an_early_stopped_run_started_again_trains_no_more(stopped_run):
     assert again.result.best_epoch == 1 and len(again.result.history) == 2
 
 
-def test_resuming_with_data_that_split_differently_is_refused(stopped_run):
-    before = (stopped_run.out / "split.csv").read_text()
+def test_resuming_with_data_that_split_differently_is_refused_before_decoding(stopped_run, monkeypatch):
+    """Refused before any file is decoded: the run's prepared folder and split stay as they were."""
+    before = {p: p.read_bytes() for p in [stopped_run.out / "split.csv", *(stopped_run.out / "prepared").iterdir()]}
     dropped = next(e for e in stopped_run.examples if e.fold == "2")
     fewer = [e for e in stopped_run.examples if e != dropped]
+    monkeypatch.setattr(fit_module, "prepared_for_run", None)  # a call would raise TypeError, not the refusal
     with pytest.raises(EatKerasError, match=f"split differently.*{dropped.path} is gone"):
         finetune(fewer, stopped_run.out, stopped_run.config, verbose=False)
-    assert (stopped_run.out / "split.csv").read_text() == before
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_run_whose_files_were_skipped_resumes_from_the_same_files(tiny_model, tmp_path):
+    """A file that cannot be decoded is left out (``on_error="skip"``) when the run prepares its
+    files; the same files given again resume the run, as its prepared split lists the file as skipped."""
+    data = write_class_folders(tmp_path / "data", per_class=4)
+    (data / "hum" / "broken.wav").write_bytes(b"not audio")
+    examples, config = read_folder_dataset(data), tiny_finetune_config(tiny_model, val_fraction=0.25, epochs=1)
+    finetune(examples, tmp_path / "run", config, verbose=False, on_error="skip")
+    skipped = json.loads((tmp_path / "run" / "prepared" / "prepared.json").read_text())["skipped"]
+    assert [Path(e["path"]).name for e in skipped] == ["broken.wav"]
+    finetune(examples, tmp_path / "run", dataclasses.replace(config, epochs=2), verbose=False, on_error="skip")
+    assert [int(r["epoch"]) for r in _log(tmp_path / "run" / "log.csv")] == [1, 2]
 
 
 # --- bad input fails before the run folder is written ----------------------------------------

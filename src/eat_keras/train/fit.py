@@ -68,7 +68,7 @@ from eat_keras.train.data import (
 from eat_keras.train.evaluate import NonFiniteLogitsError, dataset_logits, report_of, true_ids
 from eat_keras.train.losses import CombinedLoss, cross_entropy
 from eat_keras.train.metrics import ClassificationReport
-from eat_keras.train.prepare import PreparedData, PrepareSettings, prepared_for_run
+from eat_keras.train.prepare import PreparedData, PrepareSettings, prepared_for_run, read_prepared
 from eat_keras.train.shards import prepared_dataset, worker_entries
 from eat_keras.train.teacher import OnlineTeacher, PrecomputedTeacher, read_teacher_logits
 
@@ -157,6 +157,7 @@ class _RunFolder:
         self.root = out_dir
         self.config = out_dir / "finetune.json"
         self.split = out_dir / "split.csv"
+        self.prepared = out_dir / "prepared"  # the files given as a list, prepared for the run
         self.checkpoints = out_dir / "checkpoints"
         self.log = out_dir / "log.csv"
         self.best = out_dir / "best"
@@ -241,12 +242,7 @@ class _RunFolder:
         rows = _split_rows(splits)
         if resuming and self.split.exists():
             with self.split.open(newline="") as f:
-                stored = list(csv.reader(f))[1:]  # without the header
-            if stored != rows:
-                raise EatKerasError(
-                    f"{self.split}: the data given now split differently from the run's "
-                    f"({_split_differences(stored, rows)}); resume with the same data, or use a new --out folder"
-                )
+                _refuse_another_split(self.split, list(csv.reader(f))[1:], rows)  # without the header
         report = split_report(splits)
         with _writing(self.root):
             (self.root / "split_report.txt").write_text(report + "\n")
@@ -255,6 +251,21 @@ class _RunFolder:
                 writer.writerow(_SPLIT_HEADER)
                 writer.writerows(rows)
         return report
+
+    def check_split_before_preparing(self, splits: dict[str, list[Example]]) -> None:
+        """Refuse files that split differently from the run's before they are decoded: preparing
+        them would rewrite the run's prepared folder (hours for a large data set) only for
+        :meth:`record_split` to refuse them. The stored split is the run's ``prepared.json``, whose
+        entries (skipped files included) keep each side's order."""
+        if self.latest_checkpoint() is None:
+            return
+        try:
+            manifest = read_prepared(self.prepared).manifest
+        except EatKerasError:
+            return  # not prepared yet (or interrupted): record_split checks after preparing
+        entries = sorted([*manifest["examples"], *manifest["skipped"]], key=lambda e: (SIDES.index(e["split"]), e["id"]))
+        stored = [[e["path"], e["label"] or "", e["group"] or "", e["split"]] for e in entries]
+        _refuse_another_split(self.prepared / "prepared.json", stored, _split_rows(splits))
 
     def log_rows(self, upto_epoch: int) -> list[dict[str, str]]:
         if not self.log.exists():
@@ -277,6 +288,14 @@ class _RunFolder:
 def _split_rows(splits: dict[str, list[Example]]) -> list[list[str]]:
     """``split.csv`` rows (as ``csv.reader`` reads them back): path, label, group, side."""
     return [[e.path, e.label or "", e.group or "", side] for side, examples in splits.items() for e in examples]
+
+
+def _refuse_another_split(where: Path, stored: list[list[str]], rows: list[list[str]]) -> None:
+    if stored != rows:
+        raise EatKerasError(
+            f"{where}: the data given now split differently from the run's ({_split_differences(stored, rows)}); "
+            "resume with the same data, or use a new --out folder"
+        )
 
 
 def _split_differences(stored: list[list[str]], now: list[list[str]]) -> str:
@@ -813,9 +832,12 @@ def finetune(
             data += read_unlabelled_folder(config.unlabelled)
         _unlabelled_count(data, config)
         settings = PrepareSettings.split_of(config)  # data that cannot be split fail before the folder is made
-        split_examples(data, settings.val_fraction, settings.test_fraction, settings.seed, settings.test_folds, settings.val_folds)
+        splits = split_examples(
+            data, settings.val_fraction, settings.test_fraction, settings.seed, settings.test_folds, settings.val_folds
+        )
+        run.check_split_before_preparing(splits)
         run.make()  # the files are prepared into it
-    prepared = prepared_for_run(data, config, run.root / "prepared", processes=processes, on_error=on_error, log=say)
+    prepared = prepared_for_run(data, config, run.prepared, processes=processes, on_error=on_error, log=say)
     inputs, config = _checked_inputs(prepared, config, base)
 
     resuming = run.latest_checkpoint() is not None
