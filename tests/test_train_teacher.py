@@ -131,7 +131,8 @@ def test_upstream_layout_is_read_by_file_name(folders, online, tmp_path):
 def test_precomputed_logits_are_found_by_file_and_window_and_hold_no_padding(tmp_path):
     """Files of 1, 4 and 2 windows: the file holds their 7 windows (no padding to the longest file's
     4); a crop finds its file's window nearest its start, within the file's windows, in the
-    student's class order; a version-1 file (padded with NaN) reads as the same windows."""
+    student's class order; a version-1 file (padded with NaN) reads as the same windows, and logits
+    that do not add up to the window counts are refused."""
     counts, classes = np.array([1, 4, 2]), ["x", "y"]
     logits = np.arange(7 * 2, dtype=np.float32).reshape(7, 2)
     paths, keys = [str(tmp_path / f"{n}.wav") for n in "abc"], ["a.wav", "b.wav", "c.wav"]
@@ -157,6 +158,10 @@ def test_precomputed_logits_are_found_by_file_and_window_and_hold_no_padding(tmp
     version_1 = read_teacher_logits([str(tmp_path / "v1.npz")])
     np.testing.assert_array_equal(version_1.logits, logits)
     np.testing.assert_array_equal(version_1.num_windows, counts)
+
+    np.savez(tmp_path / "short.npz", **{**fields, "logits": logits[:6]})  # one window short of the counts
+    with pytest.raises(EatKerasError, match=r"expected logits \[windows, classes\].*\[6, 2\].*adding up to 7"):
+        read_teacher_logits([str(tmp_path / "short.npz")])
 
 
 def _teacher_logits(folders, online, tmp_path) -> Path:

@@ -157,11 +157,20 @@ class TeacherLogits:
     class_names: list[str] | None  # None: upstream's bare array, in the data's class order
     hop_seconds: float | None  # None: one row per file, for any crop of it
     source: str
+    first_window: np.ndarray = dataclasses.field(init=False, repr=False)  # each file's first row in ``logits``
+
+    def __post_init__(self) -> None:
+        if self.logits.ndim != 2 or len(self.num_windows) != len(self.paths) or len(self.logits) != self.num_windows.sum():
+            raise EatKerasError(
+                f"{self.source}: expected logits [windows, classes] holding the num_windows of each of the "
+                f"{len(self.paths)} files; got logits {list(self.logits.shape)} and {len(self.num_windows)} window counts "
+                f"adding up to {int(self.num_windows.sum())}"
+            )
+        self.first_window = _first_windows(self.num_windows)
 
     def file_logits(self, file: int) -> np.ndarray:
         """``[windows, classes]``: the logits of file number ``file``, window by window."""
-        first = _first_windows(self.num_windows)[file]
-        return self.logits[first : first + self.num_windows[file]]
+        return self.logits[self.first_window[file] : self.first_window[file] + self.num_windows[file]]
 
     def rows_for(self, entries: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Each prepared entry's row; refuses entries with no row, naming a few."""
@@ -207,7 +216,7 @@ class PrecomputedTeacher:
         rows = teacher_logits.rows_for(prepared.entries("train"))
         counts = teacher_logits.num_windows[rows].astype(np.int64)
         # the training files' windows, file after file in the prepared order
-        starts = _first_windows(teacher_logits.num_windows)[rows]
+        starts = teacher_logits.first_window[rows]
         logits = teacher_logits.logits[np.repeat(starts - _first_windows(counts), counts) + np.arange(counts.sum())]
         if teacher_logits.class_names is not None:
             logits = logits[..., _class_order(teacher_logits.class_names, class_names, teacher_logits.source)]
@@ -268,7 +277,7 @@ def _read_archive(path: Path) -> TeacherLogits:
             raise EatKerasError(f"{path}: not a teacher-logits file of version <= {FORMAT_VERSION}")
         logits = np.asarray(archive["logits"], np.float32)
         num_windows = np.asarray(archive["num_windows"], np.int64)
-        if version == 1:  # [files, windows, classes], NaN past each file's windows
+        if version == 1 and logits.ndim == 3 and len(logits) == len(num_windows):  # NaN past each file's windows
             logits = logits[np.arange(logits.shape[1]) < num_windows[:, np.newaxis]]
         return TeacherLogits(
             logits, num_windows, [str(p) for p in archive["paths"]], [str(k) for k in archive["keys"]],
