@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -236,6 +239,65 @@ def test_supcon_gradient_is_finite_without_positives(labels: list[int]) -> None:
 
 
 # --- combined --------------------------------------------------------------------------------
+
+
+# Two replicas on two logical CPUs need a fresh process: devices are fixed when TensorFlow starts.
+_TWO_REPLICAS = r"""
+import json, sys
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from eat_keras.train.losses import supervised_contrastive_loss
+
+rng = np.random.default_rng(0)
+x = tf.constant(rng.standard_normal((8, 5)), tf.float32)
+labels = tf.constant([0, 1, 0, 1, 2, 2, 0, 1])
+anchors = tf.constant([True, True, False, True, True, True, True, False])
+start = rng.standard_normal((5, 4)).astype(np.float32)
+use_anchors = sys.argv[1] == "anchors"
+
+def loss(rows, w):
+    return supervised_contrastive_loss(tf.gather(x, rows) @ w, tf.gather(labels, rows), 0.1,
+                                       tf.gather(anchors, rows) if use_anchors else None)
+
+w = tf.Variable(start)
+with tf.GradientTape() as tape:
+    one = loss(tf.range(8), w)
+one_grad = tape.gradient(one, w)
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    mirrored = tf.Variable(start)
+
+@tf.function
+def step():
+    def replica():
+        i = tf.distribute.get_replica_context().replica_id_in_sync_group
+        with tf.GradientTape() as tape:
+            value = loss(tf.range(4) + 4 * i, mirrored)
+            scaled = value / 2  # the training step's scaling
+        return value, tape.gradient(scaled, mirrored)
+    value, grad = strategy.run(replica)
+    return strategy.reduce("MEAN", value, axis=None), strategy.reduce("SUM", grad, axis=None)
+
+two, two_grad = step()
+print(json.dumps({"one": float(one), "two": float(two), "one_grad": one_grad.numpy().tolist(),
+                  "two_grad": two_grad.numpy().tolist()}))
+"""
+
+
+@pytest.mark.parametrize("anchors", ["all", "anchors"])
+def test_supcon_over_two_replicas_equals_one_device_on_the_global_batch(anchors: str) -> None:
+    """Each replica contrasts its rows with the whole global batch: the replicas' mean loss and
+    summed gradients (the training step's) are one device's on all eight rows. Each replica's four
+    rows alone would miss positives (replica 1 holds one row of class 0) and give another loss."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-c", _TWO_REPLICAS, anchors], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert math.isclose(got["two"], got["one"], rel_tol=1e-5), got
+    one_grad, two_grad = np.array(got["one_grad"]), np.array(got["two_grad"])
+    np.testing.assert_allclose(two_grad, one_grad, rtol=0, atol=1e-5 * np.abs(one_grad).max())
 
 
 def test_combined_loss_default_is_the_seed_recipe(case: dict) -> None:

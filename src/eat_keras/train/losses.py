@@ -18,7 +18,7 @@ nothing and its label is never read.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -172,11 +172,19 @@ def supervised_contrastive_loss(
     stay in the denominators as negatives. The log-sum is evaluated as
     ``logaddexp(logsumexp_{k≠i} S_ik, log 1e-12)``: the same value, but no ``exp`` overflow for
     small τ (the original form overflows float32 once ``1/τ > 88``).
+
+    Under a ``tf.distribute`` strategy with several replicas, each replica's rows are contrasted
+    with the whole global batch, gathered from every replica (the gather's gradient reaches each
+    replica's own rows): the replicas' mean is the global batch's loss, as on one device, and a
+    replica's share of a few clips still finds its positives and negatives.
     """
     f = tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=-1)
     labels = tf.reshape(labels, [-1])
-    similarity = tf.linalg.matmul(f, f, transpose_b=True) / temperature
-    self_mask = tf.eye(tf.shape(f)[0], dtype=tf.bool)
+    weights = tf.ones_like(labels, tf.float32) if anchors is None else tf.cast(anchors, tf.float32)
+    batch, everything = _global_batch(f, labels, weights)
+    rows = batch.first + tf.range(tf.shape(f)[0])  # these rows' places in the global batch
+    similarity = tf.linalg.matmul(f, everything.f, transpose_b=True) / temperature
+    self_mask = tf.equal(rows[:, tf.newaxis], tf.range(tf.shape(everything.f)[0])[tf.newaxis, :])
     # Self excluded by a finite stand-in for -inf: exp() of it is 0, and its gradient stays finite
     # when a row has no other entry (batch of one).
     others = tf.where(self_mask, tf.constant(_EXCLUDED, tf.float32), similarity)
@@ -184,13 +192,40 @@ def supervised_contrastive_loss(
     log_sum_others = tf.reduce_logsumexp(others, axis=1)
     log_denominator = tf.reduce_logsumexp(tf.stack([log_sum_others, log_eps]), axis=0)
     log_prob = similarity - log_denominator[:, tf.newaxis]
-    same = tf.equal(labels[:, tf.newaxis], labels[tf.newaxis, :])
+    same = tf.equal(labels[:, tf.newaxis], everything.labels[tf.newaxis, :])
     if anchors is not None:
-        same = tf.logical_and(same, tf.logical_and(anchors[:, tf.newaxis], anchors[tf.newaxis, :]))
+        same = tf.logical_and(same, tf.logical_and(anchors[:, tf.newaxis], everything.weights[tf.newaxis, :] > 0))
     positives = tf.cast(tf.logical_and(same, tf.logical_not(self_mask)), tf.float32)
     num_positives = tf.reduce_sum(positives, axis=1)
     per_anchor = tf.reduce_sum(positives * log_prob, axis=1) / (num_positives + _SUPCON_EPS)
-    return -batch_mean(per_anchor, None if anchors is None else tf.cast(anchors, tf.float32))
+    if batch.replicas == 1:
+        return -batch_mean(per_anchor, None if anchors is None else weights)
+    # the replicas' mean of this is the global batch's (weighted) mean
+    return -batch.replicas * tf.math.divide_no_nan(tf.reduce_sum(weights * per_anchor), tf.reduce_sum(everything.weights))
+
+
+class _Rows(NamedTuple):
+    f: tf.Tensor
+    labels: tf.Tensor
+    weights: tf.Tensor
+
+
+class _Place(NamedTuple):
+    replicas: int
+    first: tf.Tensor  # the first of this replica's rows in the global batch
+
+
+def _global_batch(f: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> tuple[_Place, _Rows]:
+    """This replica's place, and the rows of every replica in replica order (this replica's own
+    rows outside a strategy or with one replica)."""
+    context = tf.distribute.get_replica_context()
+    replicas = 1 if context is None else context.num_replicas_in_sync
+    if replicas == 1:
+        return _Place(1, tf.constant(0)), _Rows(f, labels, weights)
+    sizes = context.all_gather(tf.shape(f)[:1], axis=0)
+    first = tf.reduce_sum(sizes[: context.replica_id_in_sync_group])
+    gathered = _Rows(*(context.all_gather(t, axis=0) for t in (f, labels, weights)))
+    return _Place(replicas, first), gathered
 
 
 def class_balanced_term(context: LossContext) -> TermFunction:
