@@ -28,7 +28,7 @@ from eat_keras.train.loss_table import (
     default_loss_settings,
 )
 
-__all__ = ["LABEL_TYPES", "MAX_CLIP_SECONDS", "MONITORS", "FinetuneConfig", "data_clip_seconds"]
+__all__ = ["LABEL_TYPES", "MAX_CLIP_SECONDS", "MONITORS", "FinetuneConfig", "absolute_paths", "data_clip_seconds"]
 
 # monitored metric → which of two values is better
 MONITORS = {"val_accuracy": max, "val_macro_f1": max, "val_loss": min}
@@ -44,7 +44,7 @@ _NON_NEGATIVE = (
     "warmup_fraction", "last_lr_factor", "mixup_alpha", "gain_db",
     "roll_samples", "freqm", "timem", "freeze_backbone_epochs",
 )  # fmt: skip
-# Settings that name files or folders (or presets): recorded as absolute paths, see _absolute_paths.
+# Settings that name files or folders (or presets): recorded as absolute paths, see absolute_paths.
 _PATHS = ("model", "weights", "teachers", "teacher_logits", "unlabelled")
 # Counts: a fraction would fail deep inside tf.data or Python's range().
 _INTEGER = (
@@ -125,25 +125,11 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         self.loss_settings = {**default_loss_settings(), **self.loss_settings}
-        self._absolute_paths()
+        for name, value in absolute_paths({name: getattr(self, name) for name in _PATHS}).items():
+            setattr(self, name, value)
         if self.has_teacher and self.loss_terms == dict(DEFAULT_LOSS_TERMS):
             self.loss_terms = dict(DEFAULT_DISTILLATION_LOSS_TERMS)  # the default loss, with its kd term
         self.validate()
-
-    def _absolute_paths(self) -> None:
-        """Existing files and folders as absolute paths: ``finetune.json`` then names the same
-        teacher (or data) whatever folder a run is resumed from, and ``--teacher t`` resumes a run
-        started with ``--teacher ./t``. A preset's name stays a name."""
-
-        def absolute(value: str) -> str:
-            return os.path.abspath(value) if value not in PRESETS and Path(value).exists() else value
-
-        for name in _PATHS:
-            value = getattr(self, name)
-            if isinstance(value, str):
-                setattr(self, name, absolute(value))
-            elif isinstance(value, list):
-                setattr(self, name, [absolute(v) if isinstance(v, str) else v for v in value])
 
     @property
     def has_teacher(self) -> bool:
@@ -206,6 +192,22 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def absolute_paths(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` (fields of :class:`FinetuneConfig`) with the existing files and folders they
+    name as absolute paths: ``finetune.json`` then names the same teacher (or data) whatever folder
+    a run is resumed from, and ``--teacher t`` resumes a run started with ``--teacher ./t``. A
+    preset's name stays a name."""
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, list):
+            return [absolute(v) for v in value]
+        if isinstance(value, str) and value not in PRESETS and Path(value).exists():
+            return os.path.abspath(value)
+        return value
+
+    return {k: absolute(v) if k in _PATHS else v for k, v in settings.items()}
 
 
 def data_clip_seconds(num_samples: list[int], sample_rate: int) -> float:

@@ -55,7 +55,7 @@ from eat_keras.models import AudioTagger, build_tagger
 from eat_keras.models.heads import MLPHead
 from eat_keras.models.saving import save_tagger
 from eat_keras.train import augment
-from eat_keras.train.config import MONITORS, FinetuneConfig
+from eat_keras.train.config import MONITORS, FinetuneConfig, absolute_paths
 from eat_keras.train.data import (
     SIDES,
     Example,
@@ -198,6 +198,8 @@ class _RunFolder:
                 earlier = json.loads(self.config.read_text())
             except (OSError, ValueError) as exc:
                 raise EatKerasError(f"{self.config}: cannot read the run's configuration ({exc}); use a new --out folder") from exc
+            if isinstance(earlier, dict):  # a run recorded with relative paths names them from its start folder
+                earlier = absolute_paths(earlier)
             if earlier == wanted:
                 return None
             changed = sorted(k for k in set(earlier) | set(wanted) if earlier.get(k) != wanted.get(k))
