@@ -181,8 +181,8 @@ def supervised_contrastive_loss(
     f = tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=-1)
     labels = tf.reshape(labels, [-1])
     weights = tf.ones_like(labels, tf.float32) if anchors is None else tf.cast(anchors, tf.float32)
-    batch, everything = _global_batch(f, labels, weights)
-    rows = batch.first + tf.range(tf.shape(f)[0])  # these rows' places in the global batch
+    everything = _global_batch(f, labels, weights)
+    rows = everything.first + tf.range(tf.shape(f)[0])  # these rows' places in the global batch
     similarity = tf.linalg.matmul(f, everything.f, transpose_b=True) / temperature
     self_mask = tf.equal(rows[:, tf.newaxis], tf.range(tf.shape(everything.f)[0])[tf.newaxis, :])
     # Self excluded by a finite stand-in for -inf: exp() of it is 0, and its gradient stays finite
@@ -198,34 +198,30 @@ def supervised_contrastive_loss(
     positives = tf.cast(tf.logical_and(same, tf.logical_not(self_mask)), tf.float32)
     num_positives = tf.reduce_sum(positives, axis=1)
     per_anchor = tf.reduce_sum(positives * log_prob, axis=1) / (num_positives + _SUPCON_EPS)
-    if batch.replicas == 1:
-        return -batch_mean(per_anchor, None if anchors is None else weights)
-    # the replicas' mean of this is the global batch's (weighted) mean
-    return -batch.replicas * tf.math.divide_no_nan(tf.reduce_sum(weights * per_anchor), tf.reduce_sum(everything.weights))
+    # the (weighted) mean over the global batch's anchors once the replicas' values are averaged
+    local_sum = tf.reduce_sum(weights * per_anchor)
+    return -everything.replicas * tf.math.divide_no_nan(local_sum, tf.reduce_sum(everything.weights))
 
 
-class _Rows(NamedTuple):
+class _GlobalBatch(NamedTuple):
+    """The rows of every replica in replica order, and where this replica's rows start."""
+
     f: tf.Tensor
     labels: tf.Tensor
     weights: tf.Tensor
-
-
-class _Place(NamedTuple):
     replicas: int
-    first: tf.Tensor  # the first of this replica's rows in the global batch
+    first: tf.Tensor
 
 
-def _global_batch(f: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> tuple[_Place, _Rows]:
-    """This replica's place, and the rows of every replica in replica order (this replica's own
-    rows outside a strategy or with one replica)."""
+def _global_batch(f: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> _GlobalBatch:
+    """The global batch: this replica's own rows outside a strategy or with one replica."""
     context = tf.distribute.get_replica_context()
     replicas = 1 if context is None else context.num_replicas_in_sync
     if replicas == 1:
-        return _Place(1, tf.constant(0)), _Rows(f, labels, weights)
+        return _GlobalBatch(f, labels, weights, 1, tf.constant(0))
     sizes = context.all_gather(tf.shape(f)[:1], axis=0)
     first = tf.reduce_sum(sizes[: context.replica_id_in_sync_group])
-    gathered = _Rows(*(context.all_gather(t, axis=0) for t in (f, labels, weights)))
-    return _Place(replicas, first), gathered
+    return _GlobalBatch(*(context.all_gather(t, axis=0) for t in (f, labels, weights)), replicas, first)
 
 
 def class_balanced_term(context: LossContext) -> TermFunction:

@@ -215,9 +215,8 @@ class PrecomputedTeacher:
     def __init__(self, teacher_logits: TeacherLogits, prepared: PreparedData, class_names: Sequence[str], sample_rate: int) -> None:
         rows = teacher_logits.rows_for(prepared.entries("train"))
         counts = teacher_logits.num_windows[rows].astype(np.int64)
-        # the training files' windows, file after file in the prepared order
-        starts = teacher_logits.first_window[rows]
-        logits = teacher_logits.logits[np.repeat(starts - _first_windows(counts), counts) + np.arange(counts.sum())]
+        first = _first_windows(counts)  # the training files' windows, file after file in the prepared order
+        logits = teacher_logits.logits[np.repeat(teacher_logits.first_window[rows] - first, counts) + np.arange(counts.sum())]
         if teacher_logits.class_names is not None:
             logits = logits[..., _class_order(teacher_logits.class_names, class_names, teacher_logits.source)]
         elif logits.shape[-1] != len(class_names):
@@ -227,7 +226,7 @@ class PrecomputedTeacher:
         if not np.isfinite(logits).all():
             raise EatKerasError(f"{teacher_logits.source}: the teacher logits of some training files are not finite")
         self.table = tf.constant(logits.astype(np.float32))
-        self.first_window = tf.constant(_first_windows(counts))
+        self.first_window = tf.constant(first)
         self.num_windows = tf.constant(counts)
         hop = teacher_logits.hop_seconds
         self.hop_samples = float(round(hop * sample_rate)) if hop else 0.0
